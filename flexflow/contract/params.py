@@ -1,0 +1,174 @@
+"""The documented ``fluxParams`` of Flux 2 Flex: the one table every other fact is derived from.
+
+The rows follow the seed page's parameter table (``shared/seed/flux-2-flex-api.md``), plus
+``aspect_ratio`` with the five ratios of the page's capability table. The request JSON Schema,
+the defaults applied to a request, the emulator's validation and ``docs/parameters.md`` are all
+generated from :data:`FLUX_PARAMS`; no range is written down anywhere else.
+
+Numbers with a step are kept as decimal strings (``"0.05"``) so that steps are checked exactly:
+binary floating point would make ``0.15 / 0.05`` come out as ``2.9999999999999996``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+ParamType = Literal["string", "number", "integer", "boolean"]
+JsonScalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class FluxParam:
+    """One documented ``fluxParams`` key."""
+
+    name: str
+    type: ParamType
+    description: str
+    default: JsonScalar | None = None
+    minimum: str | None = None
+    maximum: str | None = None
+    step: str | None = None
+    choices: tuple[str, ...] = ()
+    url: bool = False
+    examples: tuple[JsonScalar, ...] = ()
+    note: str = ""
+
+    @property
+    def has_range(self) -> bool:
+        return self.minimum is not None and self.maximum is not None
+
+    def allowed_numbers(self) -> tuple[Decimal, ...]:
+        """Every value a stepped number may take, exactly, from minimum to maximum."""
+        if not (self.has_range and self.step):
+            raise ValueError(f"{self.name} has no finite set of values")
+        low, high, step = Decimal(self.minimum), Decimal(self.maximum), Decimal(self.step)
+        count = int((high - low) / step)
+        return tuple(low + step * i for i in range(count + 1))
+
+    def allowed_text(self) -> str:
+        """The allowed values in words, for error messages and docs."""
+        if self.choices:
+            return "one of " + ", ".join(f'"{c}"' for c in self.choices)
+        if self.url:
+            return "an http(s) URL"
+        if self.type == "boolean":
+            return "true or false"
+        if self.has_range:
+            text = f"{self.minimum} to {self.maximum}"
+            if self.step and Decimal(self.step) != 1:
+                text += f" in steps of {self.step}"
+            return ("a whole number from " if self.type == "integer" else "a number from ") + text
+        return "any whole number" if self.type == "integer" else f"a {self.type}"
+
+
+#: Aspect ratios from the seed page's capability table.
+ASPECT_RATIOS: tuple[str, ...] = ("1:1", "3:4", "4:3", "9:16", "16:9")
+#: Output resolutions, in megapixels, from the seed page's parameter table.
+RESOLUTIONS: tuple[str, ...] = ("0.5MP", "1MP", "2MP", "4MP")
+OUTPUT_FORMATS: tuple[str, ...] = ("jpg", "png", "webp")
+
+FLUX_PARAMS: tuple[FluxParam, ...] = (
+    FluxParam(
+        "resolution",
+        "string",
+        "Output size in megapixels.",
+        default="2MP",
+        choices=RESOLUTIONS,
+        examples=("1MP",),
+    ),
+    FluxParam(
+        "aspect_ratio",
+        "string",
+        "Width to height ratio of the output image.",
+        default="1:1",
+        choices=ASPECT_RATIOS,
+        examples=("16:9",),
+        note="Not in the seed's parameter table; its capability table lists the five ratios. "
+        "The API documents no default: flexflow sends 1:1 when none is given.",
+    ),
+    FluxParam(
+        "image_prompt",
+        "string",
+        "Reference image (URL) to edit or follow.",
+        url=True,
+        examples=("https://example.com/reference.jpg",),
+    ),
+    FluxParam(
+        "image_prompt_strength",
+        "number",
+        "How closely to follow the reference image (0-1).",
+        default=0.5,
+        minimum="0",
+        maximum="1",
+        step="0.05",
+        examples=(0.35,),
+    ),
+    FluxParam(
+        "steps",
+        "integer",
+        "Sampling steps.",
+        default=28,
+        minimum="1",
+        maximum="50",
+        step="1",
+        examples=(28,),
+    ),
+    FluxParam(
+        "guidance",
+        "number",
+        "How strictly to follow the prompt.",
+        default=3,
+        minimum="1.5",
+        maximum="10",
+        step="0.1",
+        examples=(3.5,),
+    ),
+    FluxParam(
+        "output_format",
+        "string",
+        "File format of the output (jpg, not jpeg).",
+        default="jpg",
+        choices=OUTPUT_FORMATS,
+        examples=("png",),
+    ),
+    FluxParam(
+        "output_quality",
+        "integer",
+        "Quality of lossy formats.",
+        default=90,
+        minimum="0",
+        maximum="100",
+        step="1",
+        examples=(90,),
+    ),
+    FluxParam(
+        "prompt_upsampling",
+        "boolean",
+        "Let the model rewrite your prompt for better quality.",
+        default=False,
+        examples=(False,),
+    ),
+    FluxParam(
+        "go_fast",
+        "boolean",
+        "Faster generation at lower quality.",
+        default=False,
+        examples=(False,),
+    ),
+    FluxParam(
+        "seed",
+        "integer",
+        "Reuse a number to reproduce the same result.",
+        examples=(42,),
+    ),
+)
+
+PARAMS_BY_NAME: dict[str, FluxParam] = {p.name: p for p in FLUX_PARAMS}
+DEFAULTS: dict[str, JsonScalar] = {p.name: p.default for p in FLUX_PARAMS if p.default is not None}
+
+
+def apply_defaults(flux_params: dict[str, JsonScalar]) -> dict[str, JsonScalar]:
+    """The given params with every documented default filled in; given values win."""
+    return {**DEFAULTS, **flux_params}

@@ -1,0 +1,161 @@
+"""JSON Schemas derived from the parameter table, and validation with messages that say what to do.
+
+Steps: a fractional step (0.05, 0.1) is published as the exact list of allowed values (``enum``)
+next to ``minimum``/``maximum``, not as ``multipleOf``. Every JSON Schema validator (Python's
+jsonschema, Ajv in the YAML language server) implements ``multipleOf`` with binary floats and so
+rejects ``0.15`` as a multiple of ``0.05``; an ``enum`` of decimals is compared exactly everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from flexflow.contract import wire
+from flexflow.contract.params import FLUX_PARAMS, PARAMS_BY_NAME, FluxParam
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+HTTP_URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
+
+
+def _json_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def param_schema(param: FluxParam) -> dict[str, Any]:
+    """The JSON Schema of one ``fluxParams`` key, with description, default and examples for editors."""
+    schema: dict[str, Any] = {"type": param.type}
+    if param.choices:
+        schema["enum"] = list(param.choices)
+    if param.url:
+        schema.update(format="uri", pattern=HTTP_URL_PATTERN)
+    if param.has_range:
+        schema["minimum"] = _json_number(Decimal(param.minimum))
+        schema["maximum"] = _json_number(Decimal(param.maximum))
+    if param.step and param.type == "number":
+        schema["enum"] = [_json_number(v) for v in param.allowed_numbers()]
+    description = f"{param.description} Allowed: {param.allowed_text()}."
+    if param.default is not None:
+        schema["default"] = param.default
+        description += f" Default: {_json_text(param.default)}."
+    schema["description"] = description
+    if param.examples:
+        schema["examples"] = list(param.examples)
+    return schema
+
+
+def _json_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def flux_params_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Flux 2 Flex parameters (the documented fluxParams).",
+        "additionalProperties": False,
+        "properties": {p.name: param_schema(p) for p in FLUX_PARAMS},
+    }
+
+
+def request_schema() -> dict[str, Any]:
+    """The body of ``POST /v2/images/generate`` for Flux 2 Flex, as flexflow sends it."""
+    return {
+        "$schema": DRAFT,
+        "$id": "urn:flexflow:schema:flux-2-flex-request",
+        "title": "Flux 2 Flex generation request",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt", "model"],
+        "properties": {
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": wire.PROMPT_MAX_LENGTH,
+                "description": "Text description of what to generate.",
+            },
+            "model": {"const": wire.MODEL_ID, "description": "Model identifier."},
+            wire.PARAMS_FIELD: flux_params_schema(),
+            wire.WEBHOOK_URL_FIELD: {
+                "type": "string",
+                "format": "uri",
+                "pattern": HTTP_URL_PATTERN,
+                "description": "URL that receives signed job events.",
+            },
+            wire.WEBHOOK_EVENTS_FIELD: {
+                "type": "array",
+                "minItems": 1,
+                "items": {"enum": list(wire.WEBHOOK_EVENTS)},
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: where (a path of keys and indexes) and what to do."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+    @property
+    def dotted_path(self) -> str:
+        """The path as the API's 400 ``details`` keys it: ``fluxParams.guidance``."""
+        return ".".join(str(part) for part in self.path) or "$"
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def describe(error: ValidationError) -> list[Problem]:
+    """Turn a jsonschema error into problems whose message names the key and what it allows."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = error.schema.get("properties", {})
+        return [
+            Problem(path + (key,), f"unknown key '{key}'{did_you_mean(key, known)}; allowed: {', '.join(known)}")
+            for key in error.instance
+            if key not in known
+        ]
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return [Problem(path + (missing,), f"'{missing}' is required")]
+    param = _param_at(path)
+    if param is not None:
+        return [Problem(path, f"{param.name} must be {param.allowed_text()}; got {error.instance!r}")]
+    return [Problem(path, error.message)]
+
+
+def _param_at(path: Sequence[str | int]) -> FluxParam | None:
+    if len(path) >= 2 and path[-2] in (wire.PARAMS_FIELD, "flux") and isinstance(path[-1], str):
+        return PARAMS_BY_NAME.get(path[-1])
+    return None
+
+
+def problems(validator: Draft202012Validator, instance: object) -> list[Problem]:
+    """Every problem of an instance, one per key, in document order of their paths."""
+    found: dict[tuple[str | int, ...], Problem] = {}
+    for error in validator.iter_errors(instance):
+        for problem in describe(error):
+            found.setdefault(problem.path, problem)
+    return sorted(found.values(), key=lambda p: [str(part) for part in p.path])
+
+
+@cache
+def request_validator() -> Draft202012Validator:
+    return Draft202012Validator(request_schema())
+
+
+def validate_request(body: object) -> list[Problem]:
+    """Problems of a generation request body; empty when the API would accept it."""
+    return problems(request_validator(), body)
