@@ -79,7 +79,9 @@ class ApiCalls:
         """Submit a generation request; returns the job id. Always sends an Idempotency-Key."""
         key = idempotency_key or uuid.uuid4().hex
         if len(key) > wire.IDEMPOTENCY_KEY_MAX_LENGTH:
-            raise ValueError(f"Idempotency-Key is {len(key)} characters; the API allows {wire.IDEMPOTENCY_KEY_MAX_LENGTH}")
+            raise ValueError(
+                f"Idempotency-Key is {len(key)} characters; the API allows {wire.IDEMPOTENCY_KEY_MAX_LENGTH}"
+            )
         request = self._request("POST", wire.SUBMIT_PATH, json=dict(body), headers={wire.IDEMPOTENCY_HEADER: key})
         response = yield from self._call(request)
         data = _json_object(response)
@@ -95,7 +97,9 @@ class ApiCalls:
         response = yield from self._call(self._request("GET", wire.job_path(job_id)))
         return parse_job(_json_object(response))
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> Flow[dict[str, Any]]:
+    def list_jobs(
+        self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> Flow[dict[str, Any]]:
         params = {"model": wire.MODEL_ID, "limit": str(limit)}
         params.update({k: v for k, v in (("status", status), ("cursor", cursor)) if v})
         response = yield from self._call(self._request("GET", wire.JOBS_PATH, params=params))
@@ -133,7 +137,12 @@ class ApiCalls:
                 log.warning("%s %s failed after %d attempt(s): %s", request.method, request.url.path, attempt, error)
                 raise error
             log.warning(
-                "%s %s attempt %d failed (%s); retrying in %.2fs", request.method, request.url.path, attempt, error, delay
+                "%s %s attempt %d failed: %s; retrying in %.2fs",
+                request.method,
+                request.url.path,
+                attempt,
+                error.summary,
+                delay,
             )
             yield Sleep(delay)
 
@@ -170,7 +179,9 @@ def error_for(response: httpx2.Response) -> errors.ApiError | None:
     request_id = _request_id(response)
     if status == 400:
         details = body.get("details")
-        return errors.ValidationFailed(text, details=details if isinstance(details, dict) else None, request_id=request_id)
+        return errors.ValidationFailed(
+            text, details=details if isinstance(details, dict) else None, request_id=request_id
+        )
     if status == 402:
         return errors.InsufficientCredits(
             text,

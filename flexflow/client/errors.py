@@ -34,10 +34,13 @@ class ApiError(FlexflowError):
 
     retryable = False
 
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, summary: str | None = None) -> None:
         self.request_id = request_id
+        #: The failure without the advice, for log lines about retries.
+        self.summary = summary or message
         if request_id:
             message = f"{message} [x-request-id: {request_id}]"
+            self.summary = f"{self.summary} [x-request-id: {request_id}]"
         super().__init__(message)
 
 
@@ -51,7 +54,8 @@ class ApiStatusError(ApiError):
         if status_code is not None:
             self.status_code = status_code
         self.error = error
-        super().__init__(f"Apiframe API {self.status_code}: {error}. {self.advice}", request_id=request_id)
+        summary = f"Apiframe API {self.status_code}: {error}"
+        super().__init__(f"{summary}. {self.advice}", request_id=request_id, summary=summary)
 
 
 class ValidationFailed(ApiStatusError):

@@ -65,7 +65,9 @@ def parse_result(result: object) -> tuple[str, ...]:
             f"job result has an unknown shape ({_describe(result)}); expected "
             '{"images": [url, ...]}, a URL string or a list of URLs'
         )
-    if not isinstance(urls, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+    if not isinstance(urls, list) or not all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls
+    ):
         raise UnexpectedResponse(f"job result holds something other than http(s) URLs: {_describe(urls)}")
     return tuple(urls)
 

@@ -123,13 +123,13 @@ def describe(error: ValidationError) -> list[Problem]:
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         known = error.schema.get("properties", {})
         return [
-            Problem(path + (key,), f"unknown key '{key}'{did_you_mean(key, known)}; allowed: {', '.join(known)}")
+            Problem((*path, key), f"unknown key '{key}'{did_you_mean(key, known)}; allowed: {', '.join(known)}")
             for key in error.instance
             if key not in known
         ]
     if error.validator == "required":
         missing = error.message.split("'")[1]
-        return [Problem(path + (missing,), f"'{missing}' is required")]
+        return [Problem((*path, missing), f"'{missing}' is required")]
     param = _param_at(path)
     if param is not None:
         return [Problem(path, f"{param.name} must be {param.allowed_text()}; got {error.instance!r}")]

@@ -7,7 +7,7 @@ published OpenAPI document (stricter, and what the API validates against) calls 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 MODEL_ID = "flux-2-flex"
 PRODUCTION_BASE_URL = "https://api.apiframe.ai"
@@ -36,7 +36,7 @@ def job_path(job_id: str) -> str:
     return f"{JOBS_PATH}/{job_id}"
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     QUEUED = "QUEUED"
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"

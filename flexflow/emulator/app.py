@@ -7,8 +7,8 @@ import ipaddress
 import json
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flexflow.contract import wire, webhooks
+from flexflow.contract import webhooks, wire
 from flexflow.contract.schema import validate_request
 from flexflow.contract.wire import JobStatus
 from flexflow.emulator import images
@@ -76,6 +76,8 @@ class _Api:
         owner, denied = self._owner(request)
         if denied:
             return denied
+        key = request.headers.get(wire.IDEMPOTENCY_HEADER)
+        self.state.count_submission(key)
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -86,7 +88,6 @@ class _Api:
             for problem in problems:
                 details.setdefault(problem.dotted_path, []).append(problem.message)
             return _error(400, "Validation failed", details=details)
-        key = request.headers.get(wire.IDEMPOTENCY_HEADER)
         if key is not None and not 1 <= len(key) <= wire.IDEMPOTENCY_KEY_MAX_LENGTH:
             return _error(400, "Idempotency-Key must be 1 to 255 characters")
         assert owner is not None
@@ -328,7 +329,7 @@ class FaultInjector:
 
 def _rate_limited(rule: FaultRule) -> ASGIApp:
     if rule.retry_after_date:
-        when = datetime.now(timezone.utc) + timedelta(seconds=rule.retry_after)
+        when = datetime.now(UTC) + timedelta(seconds=rule.retry_after)
         retry_after = format_datetime(when, usegmt=True)
     else:
         retry_after = str(int(rule.retry_after)) if rule.retry_after == int(rule.retry_after) else str(rule.retry_after)

@@ -13,11 +13,11 @@ import random
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Fault(str, Enum):
+class Fault(StrEnum):
     # Faults of one HTTP exchange.
     RATE_LIMIT = "rate_limit"  # 429 with Retry-After
     HTTP_500 = "http_500"

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flexflow.contract import wire
@@ -53,7 +53,7 @@ def body_hash(body: dict[str, Any]) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -171,13 +171,18 @@ class EmulatorState:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def submit(self, owner: str, body: dict[str, Any], idempotency_key: str | None) -> Submission:
-        digest = body_hash(body)
-        now = self.clock()
+    def count_submission(self, idempotency_key: str | None) -> None:
+        """A submit reached the API (authenticated), valid or not."""
         with self._lock:
             self.submissions += 1
             if idempotency_key:
                 self.submissions_per_key[idempotency_key] += 1
+
+    def submit(self, owner: str, body: dict[str, Any], idempotency_key: str | None) -> Submission:
+        digest = body_hash(body)
+        now = self.clock()
+        with self._lock:
+            if idempotency_key:
                 known = self._idempotency.get((owner, idempotency_key))
                 if known and now - self.jobs[known[0]].created < self.config.idempotency_seconds:
                     job = self.jobs[known[0]]

@@ -1,0 +1,308 @@
+"""The client against the emulator over real HTTP on loopback: every error class, every retry path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import httpx2
+import pytest
+
+from flexflow.client import (
+    ApiConnectionError,
+    ApiTimeout,
+    AsyncFluxClient,
+    AuthenticationFailed,
+    FluxClient,
+    IdempotencyConflict,
+    InsufficientCredits,
+    JobNotFound,
+    PermissionDenied,
+    RateLimited,
+    ServerError,
+    UnexpectedResponse,
+    ValidationFailed,
+)
+from flexflow.client._calls import ApiCalls
+from flexflow.contract.wire import JobStatus
+from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
+from tests.conftest import fast_retry, flux_request
+
+
+def test_submit_and_poll_to_completion(client: FluxClient, emulator: EmulatorServer) -> None:
+    job_id = client.submit(flux_request(seed=1, output_format="png", resolution="1MP"), "key-1")
+    job = client.get_job(job_id)
+    assert job.id == job_id
+    assert job.status is JobStatus.COMPLETED
+    assert job.progress == 100
+    assert job.credit_cost == 5
+    assert len(job.result_urls) == 1
+    assert job.result_urls[0].startswith(emulator.url) and job.result_urls[0].endswith(".png")
+    assert emulator.accounting()["polls_per_job"] == {job_id: 1}
+
+
+@pytest.mark.parametrize(("shape", "fault"), [("string", None), ("list", None), (None, "result_string")])
+def test_every_result_shape_gives_the_urls(
+    client: FluxClient, emulator: EmulatorServer, shape: str | None, fault: str | None
+) -> None:
+    if shape:
+        emulator.config.update({"result_shape": shape})
+    if fault:
+        emulator.faults.add({"fault": fault, "count": 1})
+    job = client.get_job(client.submit(flux_request(), "shape"))
+    assert len(job.result_urls) == 1 and job.result_urls[0].startswith("http://127.0.0.1")
+
+
+def test_validation_error_carries_the_per_field_details(client: FluxClient, emulator: EmulatorServer) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        client.submit(flux_request(guidance=3.33, steps=2.5), "bad")
+    error = caught.value
+    assert error.status_code == 400
+    assert set(error.details) == {"fluxParams.guidance", "fluxParams.steps"}
+    assert "steps of 0.1" in error.details["fluxParams.guidance"][0]
+    assert "fluxParams.guidance" in str(error) and "Fix the request" in str(error)
+    assert error.request_id and error.request_id in str(error)
+    assert emulator.accounting()["submissions"] == 1, "a 400 is final: not retried"
+
+
+def test_unknown_key_is_401(emulator: EmulatorServer) -> None:
+    with FluxClient(emulator.url, "afk_wrong", retry=fast_retry()) as client, pytest.raises(AuthenticationFailed) as e:
+        client.submit(flux_request(), "k")
+    assert "API key in the Airflow connection" in str(e.value)
+    assert emulator.accounting()["submissions"] == 0
+
+
+def test_inactive_key_is_403(emulator: EmulatorServer) -> None:
+    emulator.config.update({"inactive_keys": ["afk_inactive"]})
+    with FluxClient(emulator.url, "afk_inactive", retry=fast_retry()) as client, pytest.raises(PermissionDenied):
+        client.get_job("3f0c2a59-1111-4c9e-9d55-0123456789ab")
+
+
+def test_insufficient_credits_is_402_with_the_numbers(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.config.update({"credits": 12})
+    client.submit(flux_request(resolution="2MP"), "first")  # costs 10
+    with pytest.raises(InsufficientCredits) as caught:
+        client.submit(flux_request(resolution="2MP", seed=2), "second")
+    assert (caught.value.credits_required, caught.value.credits_available) == (10, 2)
+    assert "top up" in str(caught.value)
+
+
+def test_unknown_job_is_404(client: FluxClient) -> None:
+    with pytest.raises(JobNotFound):
+        client.get_job("3f0c2a59-1111-4c9e-9d55-0123456789ab")
+
+
+def test_same_key_with_another_body_is_409(client: FluxClient) -> None:
+    client.submit(flux_request(seed=1), "shared-key")
+    with pytest.raises(IdempotencyConflict) as caught:
+        client.submit(flux_request(seed=2), "shared-key")
+    assert "bug" in str(caught.value)
+
+
+def test_same_key_same_body_returns_the_same_job(client: FluxClient, emulator: EmulatorServer) -> None:
+    first = client.submit(flux_request(seed=1), "same")
+    assert client.submit(flux_request(seed=1), "same") == first
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 1 and accounting["submissions_per_key"] == {"same": 2}
+
+
+def test_rate_limit_waits_the_retry_after_then_succeeds(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "rate_limit", "count": 2, "route": "submit", "retry_after": 0.3})
+    started = time.monotonic()
+    client.submit(flux_request(), "rl")
+    assert time.monotonic() - started >= 0.6, "two Retry-After waits of 0.3 s"
+    accounting = emulator.accounting()
+    assert accounting["faults_injected"] == {"rate_limit": 2}
+    assert accounting["submissions_per_key"] == {"rl": 1}, "rate-limited calls never reach the API"
+
+
+def test_rate_limit_that_never_ends_raises_after_the_attempts(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "rate_limit", "count": 10, "route": "poll", "retry_after": 0})
+    job_id = client.submit(flux_request(), "rl2")
+    with pytest.raises(RateLimited) as caught:
+        client.get_job(job_id)
+    assert caught.value.retry_after == 0
+    assert emulator.accounting()["faults_injected"] == {"rate_limit": 4}, "max_attempts=4"
+
+
+@pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503", "http_504", "drop"])
+def test_outages_are_retried_with_backoff(client: FluxClient, emulator: EmulatorServer, fault: str) -> None:
+    emulator.faults.add({"fault": fault, "count": 2, "route": "api"})
+    job_id = client.submit(flux_request(), f"outage-{fault}")
+    assert client.get_job(job_id).status is JobStatus.COMPLETED
+    assert emulator.accounting()["jobs_created"] == 1
+
+
+def test_a_persistent_outage_raises_server_error(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "http_503", "count": 4, "route": "submit"})
+    with pytest.raises(ServerError) as caught:
+        client.submit(flux_request(), "down")
+    assert caught.value.status_code == 503 and caught.value.retryable
+    assert emulator.accounting()["submissions"] == 0, "the outage answered before the API saw the call"
+
+
+def test_a_slow_response_times_out_and_is_retried(emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "slow", "count": 1, "route": "submit", "delay": 1.0})
+    with FluxClient(emulator.url, DEFAULT_TEST_KEY, timeout=0.3, retry=fast_retry()) as client:
+        job_id = client.submit(flux_request(), "slow")
+    # The slow attempt still reached the API after the client gave up: the key made it one job.
+    deadline = time.monotonic() + 5
+    while emulator.accounting()["submissions"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 1 and accounting["jobs_billed"] == 1
+    assert job_id in accounting["polls_per_job"]
+
+
+def test_timeouts_that_never_end_raise_api_timeout(emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "slow", "count": 2, "route": "poll", "delay": 0.5})
+    with FluxClient(emulator.url, DEFAULT_TEST_KEY, timeout=0.2, retry=fast_retry(max_attempts=2)) as client:
+        job_id = client.submit(flux_request(), "t")
+        with pytest.raises(ApiTimeout) as caught:
+            client.get_job(job_id)
+    assert "timed out" in str(caught.value)
+
+
+def test_connection_refused_raises_api_connection_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = FluxClient(f"http://127.0.0.1:{port}", DEFAULT_TEST_KEY, retry=fast_retry(max_attempts=2))
+    with client, pytest.raises(ApiConnectionError) as caught:
+        client.submit(flux_request(), "refused")
+    assert f"127.0.0.1:{port} is reachable" in str(caught.value)
+
+
+def test_lost_submit_response_reuses_the_key_and_bills_one_job(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "lost_response", "count": 1, "route": "submit"})
+    job_id = client.submit(flux_request(seed=9), "lost")
+    assert client.get_job(job_id).status is JobStatus.COMPLETED
+    accounting = emulator.accounting()
+    assert accounting["submissions_per_key"] == {"lost": 2}
+    assert accounting["jobs_created"] == 1
+    assert accounting["jobs_billed"] == 1
+    assert accounting["duplicates"] == {"by_key": {}, "by_body": 0}
+
+
+def test_submit_without_a_key_still_sends_one(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "lost_response", "count": 1, "route": "submit"})
+    client.submit(flux_request())
+    keys = emulator.accounting()["submissions_per_key"]
+    assert list(keys.values()) == [2] and len(next(iter(keys))) == 32
+
+
+def test_a_post_without_idempotency_key_is_never_retried(emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "http_503", "count": 1, "route": "submit"})
+    calls = ApiCalls(emulator.url, DEFAULT_TEST_KEY, fast_retry())
+    request = calls._request("POST", "/v2/images/generate", json=flux_request())
+    flow = calls._call(request)
+    with httpx2.Client() as http:
+        sent = next(flow)
+        assert sent is request
+        with pytest.raises(ServerError):
+            flow.send(http.send(sent))
+
+
+def test_attempts_and_total_time_are_bounded(emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "http_500", "count": 10, "route": "submit"})
+    client = FluxClient(emulator.url, DEFAULT_TEST_KEY, retry=fast_retry(max_attempts=3))
+    with client, pytest.raises(ServerError):
+        client.submit(flux_request(), "bounded")
+    assert emulator.accounting()["faults_injected"] == {"http_500": 3}
+    emulator.faults.reset()
+    emulator.faults.add({"fault": "rate_limit", "count": 10, "route": "submit", "retry_after": 0.2})
+    client = FluxClient(emulator.url, DEFAULT_TEST_KEY, retry=fast_retry(max_attempts=10, max_elapsed=0.5))
+    with client, pytest.raises(RateLimited):
+        client.submit(flux_request(), "bounded-time")
+    assert emulator.accounting()["faults_injected"] == {"rate_limit": 3}, "0.2 + 0.2 fit in 0.5 s, a third wait not"
+
+
+def test_unexpected_bodies_raise_unexpected_response() -> None:
+    """The emulator always answers per contract, so a mock transport plays a broken API."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST":
+            return httpx2.Response(202, text="<html>proxy page</html>", headers={"content-type": "text/html"})
+        job = {"id": "j", "status": "COMPLETED", "result": {"files": ["x"]}}
+        return httpx2.Response(200, json=job)
+
+    with FluxClient("http://api.test", "afk_k", transport=httpx2.MockTransport(handler)) as client:
+        with pytest.raises(UnexpectedResponse, match="not a JSON object"):
+            client.submit(flux_request(), "k")
+        with pytest.raises(UnexpectedResponse, match="unknown shape"):
+            client.get_job("j")
+
+
+def test_501_is_not_retried() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.method)
+        return httpx2.Response(501, json={"error": "Not implemented"})
+
+    client = FluxClient("http://api.test", "afk_k", transport=httpx2.MockTransport(handler), retry=fast_retry())
+    with client, pytest.raises(ServerError) as caught:
+        client.get_job("j")
+    assert not caught.value.retryable and calls == ["GET"]
+
+
+def test_the_api_key_never_leaks(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "afk_live_0123456789abcdef_do_not_print"
+    emulator.config.update({"api_keys": [secret]})
+    emulator.faults.add(
+        {"fault": "http_503", "count": 1, "route": "submit"},
+        {"fault": "lost_response", "count": 1, "route": "submit"},
+    )
+    caplog.set_level(logging.DEBUG)
+    errors: list[BaseException] = []
+    with FluxClient(emulator.url, secret, retry=fast_retry()) as client:
+        texts = [repr(client), str(client)]
+        job = client.get_job(client.submit(flux_request(), "leak"))
+        texts.append(json.dumps(job.to_dict()))
+        for call in (lambda: client.get_job("not-a-uuid"), lambda: client.submit(flux_request(steps=0), "x")):
+            try:
+                call()
+            except Exception as exc:
+                errors.append(exc)
+    with FluxClient(emulator.url, secret + "x", retry=fast_retry()) as client:
+        try:
+            client.submit(flux_request(), "y")
+        except Exception as exc:
+            errors.append(exc)
+    assert len(errors) == 3
+    texts += [str(e) for e in errors] + [repr(e) for e in errors] + [repr(vars(e)) for e in errors]
+    texts.append(caplog.text)
+    assert "attempt 1 failed" in caplog.text, "the retries were logged"
+    assert all(secret not in text for text in texts)
+
+
+async def test_async_client_submits_polls_and_retries(async_client: AsyncFluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add(
+        {"fault": "lost_response", "count": 1, "route": "submit"},
+        {"fault": "rate_limit", "count": 1, "route": "poll", "retry_after": 0},
+        {"fault": "drop", "count": 1, "route": "poll"},
+    )
+    job_id = await async_client.submit(flux_request(seed=3), "async")
+    job = await async_client.get_job(job_id)
+    assert job.status is JobStatus.COMPLETED and job.result_urls
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 1 and accounting["jobs_billed"] == 1
+    assert accounting["faults_injected"] == {"lost_response": 1, "rate_limit": 1, "drop": 1}
+
+
+async def test_async_client_maps_errors_like_the_sync_one(async_client: AsyncFluxClient) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        await async_client.submit(flux_request(image_prompt_strength=0.17), "a")
+    assert list(caught.value.details) == ["fluxParams.image_prompt_strength"]
+    with pytest.raises(JobNotFound):
+        await async_client.get_job("3f0c2a59-1111-4c9e-9d55-0123456789ab")
+
+
+def test_list_jobs(client: FluxClient) -> None:
+    ids = {client.submit(flux_request(seed=i), f"list-{i}") for i in range(3)}
+    page = client.list_jobs(limit=2)
+    assert len(page["jobs"]) == 2 and page["hasMore"]
+    rest = client.list_jobs(limit=2, cursor=page["nextCursor"])
+    assert {j["id"] for j in page["jobs"] + rest["jobs"]} == ids
