@@ -1,22 +1,122 @@
-"""The ``flexflow`` command."""
+"""The ``flexflow`` command: validate, schema, plan, emulator, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from flexflow import __version__
 from flexflow.client import FlexflowError, FluxClient
+from flexflow.compiler.layout import task_layout
 from flexflow.contract import MODEL_ID, apply_defaults, output_size
+from flexflow.contract.schema import request_schema
+from flexflow.contract.sizes import billed_megapixels
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
 from flexflow.publishing.download import download_image
+from flexflow.spec import SpecError, find_spec_files, load_folder, load_spec, spec_schema
+from flexflow.spec.report import render_json, render_text, use_color
 
 DEMO_PROMPT = "Spring sale hero banner, bold type, pastel palette"
+#: Black Forest Labs' FLUX.2 [flex] price: about $0.05 per started megapixel.
+DEFAULT_PRICE_PER_MEGAPIXEL = Decimal("0.05")
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"flexflow validate: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    files = [str(f) for f in find_spec_files(args.paths)]
+    result = load_folder(args.paths)
+    if args.format == "json":
+        print(render_json(result.problems, files))
+    elif result.problems:
+        print(render_text(result.problems, use_color(sys.stdout)))
+        print(
+            f"\n{len(result.problems)} problem(s) in {len({p.file for p in result.problems})} of {len(files)} file(s)"
+        )
+    else:
+        print(f"{len(files)} spec file(s) valid")
+    return EXIT_INVALID if result.problems else EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(request_schema() if args.request else spec_schema(), indent=2))
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
+        return EXIT_INVALID
+    price = Decimal(args.price_per_megapixel)
+    jobs = spec.jobs()
+    billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
+    plan = {
+        "dag_id": spec.dag_id,
+        "file": spec.path,
+        "schedule": spec.schedule,
+        "connection_id": spec.connection_id,
+        "publish_to": spec.publish.to,
+        "tasks": [
+            {"task_id": t.task_id, "operator": t.operator, "upstream": list(t.upstream), "mapped": t.mapped}
+            for t in task_layout(spec)
+        ],
+        "jobs": [
+            {
+                "image": image.name,
+                "variant": variant.label,
+                "resolution": flux["resolution"],
+                "aspect_ratio": flux["aspect_ratio"],
+                "pixels": "x".join(map(str, output_size(flux))),
+                "output_format": flux["output_format"],
+            }
+            for image, variant, flux in jobs
+        ],
+        "jobs_per_run": len(jobs),
+        "megapixels_per_run": spec.megapixels,
+        "billed_megapixels_per_run": billed,
+        "price_per_megapixel": str(price),
+        "estimated_cost_per_run": str(price * billed),
+    }
+    if args.format == "json":
+        print(json.dumps(plan, indent=2))
+        return EXIT_OK
+    print(f"{spec.dag_id}  ({spec.path})")
+    print(f"schedule {spec.schedule or 'manual only'} | connection {spec.connection_id} | publish {spec.publish.to}\n")
+    _table(
+        ["task", "operator", "upstream", "instances"],
+        [[t["task_id"], t["operator"], ", ".join(t["upstream"]) or "-", str(t["mapped"] or 1)] for t in plan["tasks"]],
+    )
+    print()
+    _table(
+        ["image", "variant", "resolution", "aspect", "pixels", "format"],
+        [
+            [j["image"], j["variant"] or "-", j["resolution"], j["aspect_ratio"], j["pixels"], j["output_format"]]
+            for j in plan["jobs"]
+        ],
+    )
+    print(
+        f"\njobs per run: {len(jobs)} | output megapixels: {spec.megapixels:g} | billed megapixels: {billed}"
+        f" | estimated cost per run: ${price * billed:.2f} (at ${price} per megapixel)"
+    )
+    return EXIT_OK
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -47,9 +147,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flexflow", description="YAML specs -> Airflow DAGs generating Flux 2 Flex images"
+    )
     parser.add_argument("--version", action="version", version=f"flexflow {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="validate spec files and folders (default specs/)")
+    validate.add_argument("paths", nargs="*", default=["specs"], metavar="PATH")
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="print the spec JSON Schema")
+    schema.add_argument("--request", action="store_true", help="print the Flux 2 Flex request schema instead")
+    schema.set_defaults(handler=_schema)
+
+    plan = commands.add_parser("plan", help="show the tasks, jobs, megapixels and cost of one run of a spec")
+    plan.add_argument("spec", metavar="SPEC")
+    plan.add_argument("--format", choices=("text", "json"), default="text")
+    plan.add_argument(
+        "--price-per-megapixel",
+        default=str(DEFAULT_PRICE_PER_MEGAPIXEL),
+        type=_price,
+        help=f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
+    )
+    plan.set_defaults(handler=_plan)
 
     emulator = commands.add_parser("emulator", help="run the local Apiframe API emulator")
     add_emulator_arguments(emulator)
@@ -60,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the image (default out/demo)")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _price(text: str) -> str:
+    try:
+        if Decimal(text) < 0:
+            raise ValueError
+    except (ArithmeticError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price (a number >= 0, e.g. 0.05)") from None
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

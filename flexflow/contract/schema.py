@@ -9,7 +9,7 @@ rejects ``0.15`` as a multiple of ``0.05``; an ``enum`` of decimals is compared 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -117,7 +117,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def describe(error: ValidationError) -> list[Problem]:
+Hint = Callable[[tuple[str | int, ...], ValidationError], str | None]
+
+
+def describe(error: ValidationError, hint: Hint | None = None) -> list[Problem]:
     """Turn a jsonschema error into problems whose message names the key and what it allows."""
     path = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
@@ -133,20 +136,23 @@ def describe(error: ValidationError) -> list[Problem]:
     param = _param_at(path)
     if param is not None:
         return [Problem(path, f"{param.name} must be {param.allowed_text()}; got {error.instance!r}")]
-    return [Problem(path, error.message)]
+    return [Problem(path, (hint and hint(path, error)) or error.message)]
 
 
 def _param_at(path: Sequence[str | int]) -> FluxParam | None:
+    """The flux parameter a value stands for: under fluxParams/flux, or an item of a spec's variants list."""
     if len(path) >= 2 and path[-2] in (wire.PARAMS_FIELD, "flux") and isinstance(path[-1], str):
         return PARAMS_BY_NAME.get(path[-1])
+    if len(path) >= 3 and path[-3] == "variants" and isinstance(path[-1], int) and isinstance(path[-2], str):
+        return PARAMS_BY_NAME.get(path[-2])
     return None
 
 
-def problems(validator: Draft202012Validator, instance: object) -> list[Problem]:
+def problems(validator: Draft202012Validator, instance: object, hint: Hint | None = None) -> list[Problem]:
     """Every problem of an instance, one per key, in document order of their paths."""
     found: dict[tuple[str | int, ...], Problem] = {}
     for error in validator.iter_errors(instance):
-        for problem in describe(error):
+        for problem in describe(error, hint):
             found.setdefault(problem.path, problem)
     return sorted(found.values(), key=lambda p: [str(part) for part in p.path])
 

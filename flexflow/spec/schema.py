@@ -1,0 +1,176 @@
+"""The JSON Schema of a spec file (v1), built from the contract's parameter schemas.
+
+The committed copy is ``schemas/flexflow-spec.schema.json`` (``flexflow schema`` prints it; a test
+fails when it is stale). Editors use it through the ``# yaml-language-server: $schema=...`` line.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from flexflow.contract import wire
+from flexflow.contract.params import FLUX_PARAMS
+from flexflow.contract.schema import DRAFT, flux_params_schema, param_schema
+
+SCHEMA_ID = "urn:flexflow:schema:spec-v1"
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+DAG_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"  # Airflow's key rule, ASCII only
+#: 30s, 2m, 1h30m, 1d; or ISO 8601 (PT2M, P1D).
+DURATION_PATTERN = (
+    r"^(?:(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+|P(?!$)(?:\d+D)?(?:T(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$"
+)
+HTTPS_URL_PATTERN = r"^https://[^\s/$.?#][^\s]*$"
+PLACEHOLDERS = ("image", "variant", "ext", "job_id")
+SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+def _duration(description: str, example: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "description": f"{description} A duration: 30s, 2m, 1h, 1h30m, or ISO 8601 (PT2M).",
+        "examples": [example],
+    }
+
+
+def _webhook() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": HTTPS_URL_PATTERN,
+        "description": "An https URL the API notifies (signed) when a job finishes.",
+    }
+
+
+def _task_settings() -> dict[str, Any]:
+    """Keys that `defaults` sets for every image and an image may set for itself."""
+    return {
+        "flux": flux_params_schema(),
+        "retries": {"type": "integer", "minimum": 0, "maximum": 20, "description": "Airflow task retries."},
+        "retry_delay": _duration("Wait between task retries.", "2m"),
+        "timeout": _duration("Longest wait for one job.", "20m"),
+        "poll_interval": _duration("First interval between job status checks (it grows on long jobs).", "10s"),
+        "webhook_url": _webhook(),
+    }
+
+
+def _variants() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "One job per combination of the listed flux values.",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            p.name: {"type": "array", "minItems": 1, "uniqueItems": True, "items": param_schema(p)} for p in FLUX_PARAMS
+        },
+    }
+
+
+def _image() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "prompt"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 64, "description": "Unique in the spec."},
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": wire.PROMPT_MAX_LENGTH,
+                "description": "What to generate; Jinja-templated at run time ({{ params.x }}, {{ ds }}).",
+            },
+            "variants": _variants(),
+            **_task_settings(),
+        },
+    }
+
+
+def _publish() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["to"],
+        "properties": {
+            "to": {
+                "type": "string",
+                "pattern": r"^(file|s3|gs)://",
+                "description": "Object-storage URL of the target folder (file://, s3://, gs://); Jinja-templated.",
+                "examples": ["file:///srv/assets/{{ dag.dag_id }}/{{ ds }}"],
+            },
+            "conn_id": {"type": "string", "description": "Airflow connection of the storage (remote targets)."},
+            "filename": {
+                "type": "string",
+                "minLength": 1,
+                "default": "{image}{variant}.{ext}",
+                "description": "File name; placeholders {image}, {variant}, {ext}, {job_id}; Jinja-templated.",
+            },
+            "manifest": {"type": "boolean", "default": True, "description": "Write manifest.json beside the images."},
+            "asset": {
+                "type": "string",
+                "minLength": 1,
+                "description": "URI of the Airflow Asset updated when the run has published (default flexflow://<dag_id>).",
+            },
+        },
+    }
+
+
+@cache
+def spec_schema() -> dict[str, Any]:
+    return {
+        "$schema": DRAFT,
+        "$id": SCHEMA_ID,
+        "title": "flexflow spec (v1)",
+        "description": "One scheduled image refresh: Flux 2 Flex jobs compiled into an Airflow DAG.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["version", "dag_id", "images", "publish"],
+        "properties": {
+            "version": {"const": 1, "description": "Spec format version."},
+            "dag_id": {
+                "type": "string",
+                "pattern": DAG_ID_PATTERN,
+                "maxLength": 250,
+                "description": "Airflow DAG id; unique across all specs.",
+            },
+            "description": {"type": "string"},
+            "schedule": {
+                "type": ["string", "null"],
+                "description": "Cron expression, an Airflow preset (@daily, @weekly, ...), or null (manual only).",
+                "examples": ["0 6 * * MON", "@daily", None],
+            },
+            "start_date": {
+                "type": "string",
+                "pattern": r"^\d{4}-\d{2}-\d{2}(?:[T ].+)?$",
+                "description": "First logical date (YYYY-MM-DD, or an ISO 8601 date-time); required when scheduled.",
+            },
+            "catchup": {"type": "boolean", "default": False},
+            "tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+            "owner": {"type": "string", "minLength": 1, "default": "flexflow"},
+            "connection_id": {
+                "type": "string",
+                "minLength": 1,
+                "default": "apiframe_default",
+                "description": "Airflow connection (type apiframe) with the API's base URL and key.",
+            },
+            "params": {
+                "type": "object",
+                "description": "Airflow DAG params: the trigger form's fields, usable in templates.",
+                "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            },
+            "defaults": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Settings for every image; an image's own values win.",
+                "properties": _task_settings(),
+            },
+            "images": {"type": "array", "minItems": 1, "items": _image()},
+            "publish": _publish(),
+        },
+    }
+
+
+@cache
+def spec_validator() -> Draft202012Validator:
+    return Draft202012Validator(spec_schema())

@@ -1,0 +1,159 @@
+"""Reading YAML safely, keeping where every key and value stands in the file.
+
+PyYAML composes the document into nodes (with the C parser when available); flexflow then builds
+plain data from the nodes itself, so that:
+
+- only the standard tags are accepted (no Python objects, no custom tags);
+- alias expansion is bounded: a "billion laughs" document fails fast instead of eating memory;
+- every path of keys and indexes maps to its line and column, for errors that point at the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 1_000_000
+#: Nodes built at most, aliases expanded; a real spec has a few hundred.
+MAX_NODES = 100_000
+
+Path = tuple[str | int, ...]
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_constructor = yaml.SafeLoader("")  # a constructor for scalars of the standard tags only
+
+
+class YamlProblem(Exception):
+    """The text is not YAML that flexflow reads; ``line`` and ``column`` are 1-based."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+@dataclass
+class Positions:
+    """Where each path stands: 1-based (line, column) of its key (mappings) or item (sequences)."""
+
+    spots: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def of(self, path: Path) -> tuple[int, int]:
+        """The position of a path, or of its nearest ancestor that exists in the file."""
+        while path not in self.spots and path:
+            path = path[:-1]
+        return self.spots.get(path, (1, 1))
+
+    def value_of(self, path: Path) -> tuple[int, int]:
+        return self.spots.get((*path, "<value>"), self.of(path))
+
+
+def load(text: str) -> tuple[Any, Positions]:
+    """Plain data (dicts, lists, str, int, float, bool, None; dates as ISO strings) and positions."""
+    if len(text.encode()) > MAX_BYTES:
+        raise YamlProblem(f"the file is larger than {MAX_BYTES:,} bytes; a spec is a few kilobytes")
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlProblem(_yaml_message(exc), line, column) from None
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"not valid YAML: {exc}") from None
+    positions = Positions()
+    if node is None:
+        return None, positions
+    builder = _Builder(positions)
+    return builder.build(node, ()), positions
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+    message = f"not valid YAML: {exc.problem or exc.context}"
+    if exc.problem and "alias" in exc.problem or "'*'" in str(exc.problem):
+        message += ' (a value starting with * or & must be quoted, e.g. schedule: "0 6 * * MON")'
+    return message
+
+
+def _spot(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+        self.nodes = 0
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise YamlProblem(
+                f"the document expands to more than {MAX_NODES:,} values (aliases nested too deep?)", *_spot(node)
+            )
+        self.positions.spots.setdefault((*path, "<value>"), _spot(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return self._sequence(node, path)
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        if node.tag != _TAG + "map":
+            raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
+        result: dict[str, Any] = {}
+        for key_node, value_node in self._pairs(node):
+            key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str | int | bool) or key is None:
+                raise YamlProblem("mapping keys must be plain words", *_spot(key_node))
+            key = str(key)
+            if key in result:
+                raise YamlProblem(f"key '{key}' appears twice in the same mapping", *_spot(key_node))
+            self.positions.spots[(*path, key)] = _spot(key_node)
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _pairs(self, node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+        """Key/value nodes, with YAML merge keys (``<<: *defaults``) expanded, own keys last."""
+        own = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise YamlProblem("a merge key (<<) takes a mapping", *_spot(source))
+                    self.nodes += len(source.value)
+                    yield from (pair for pair in source.value if pair[0].value not in _own_keys(node))
+            else:
+                own.append((key_node, value_node))
+        yield from own
+
+    def _sequence(self, node: yaml.SequenceNode, path: Path) -> list[Any]:
+        if node.tag != _TAG + "seq":
+            raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
+        items = []
+        for index, item in enumerate(node.value):
+            self.positions.spots[(*path, index)] = _spot(item)
+            items.append(self.build(item, (*path, index)))
+        return items
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
+        try:
+            # The tag's own constructor: construct_object would cache every node for good.
+            value = _constructor.yaml_constructors[node.tag](_constructor, node)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise YamlProblem(f"cannot read value {node.value!r}: {exc}", *_spot(node)) from None
+        if isinstance(value, dt.datetime | dt.date):
+            return value.isoformat()
+        return value
+
+
+def _own_keys(node: yaml.MappingNode) -> set[str]:
+    return {k.value for k, _ in node.value if k.tag != _TAG + "merge"}
