@@ -76,7 +76,8 @@ def load(text: str) -> tuple[Any, Positions]:
 
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
     message = f"not valid YAML: {exc.problem or exc.context}"
-    if exc.problem and "alias" in exc.problem or "'*'" in str(exc.problem):
+    problem = exc.problem or ""
+    if "alias" in problem or "alphabetic or numeric" in problem:
         message += ' (a value starting with * or & must be quoted, e.g. schedule: "0 6 * * MON")'
     return message
 
