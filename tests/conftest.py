@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its home when first imported: give the test session a private one before that.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="flexflow-test-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ.pop("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", None)
+
+#: The API key of Airflow tests: distinctive, so a test can prove it never lands anywhere.
+SECRET_KEY = "afk_live_7Q2xTEST_SECRET_do_not_leak_9f3b"
 
 
 def fast_retry(**overrides: float) -> RetryPolicy:
@@ -56,3 +75,26 @@ async def async_client(emulator: EmulatorServer) -> AsyncIterator[AsyncFluxClien
 
 def flux_request(prompt: str = "a red bicycle", **flux: object) -> dict[str, object]:
     return {"prompt": prompt, "model": "flux-2-flex", "fluxParams": flux}
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database in the session's private AIRFLOW_HOME."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ.copy()
+    )
+    return AIRFLOW_HOME / "airflow.db"
+
+
+@pytest.fixture
+def apiframe_connection(emulator: EmulatorServer, airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``apiframe_default`` pointing at the emulator, with a key only the emulator and the connection know."""
+    emulator.config.update({"api_keys": [SECRET_KEY]})
+    connection = {
+        "conn_type": "apiframe",
+        "host": emulator.url,
+        "password": SECRET_KEY,
+        "extra": {"max_attempts": 5, "job_link": "{base_url}/_emulator/jobs/{job_id}"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_APIFRAME_DEFAULT", json.dumps(connection))
+    return "apiframe_default"

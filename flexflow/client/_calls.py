@@ -95,7 +95,7 @@ class ApiCalls:
 
     def get_job(self, job_id: str) -> Flow[Job]:
         response = yield from self._call(self._request("GET", wire.job_path(job_id)))
-        return parse_job(_json_object(response))
+        return parse_job(_json_object(response), _request_id(response))
 
     def list_jobs(
         self, *, status: str | None = None, limit: int = 20, cursor: str | None = None

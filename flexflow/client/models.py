@@ -25,6 +25,7 @@ class Job:
     created_at: str | None
     completed_at: str | None
     webhook_status: str | None
+    request_id: str | None = None  # x-request-id of the response this view was read from
 
     @property
     def is_terminal(self) -> bool:
@@ -44,6 +45,7 @@ class Job:
             "created_at": self.created_at,
             "completed_at": self.completed_at,
             "webhook_status": self.webhook_status,
+            "request_id": self.request_id,
         }
 
 
@@ -77,7 +79,7 @@ def _describe(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def parse_job(body: object) -> Job:
+def parse_job(body: object, request_id: str | None = None) -> Job:
     """A :class:`Job` from a job object, or :class:`UnexpectedResponse` naming what is wrong."""
     if not isinstance(body, Mapping):
         raise UnexpectedResponse(f"job response is not a JSON object: {_describe(body)}")
@@ -98,4 +100,5 @@ def parse_job(body: object) -> Job:
         created_at=body.get("createdAt"),
         completed_at=body.get("completedAt"),
         webhook_status=body.get("webhookStatus"),
+        request_id=request_id,
     )

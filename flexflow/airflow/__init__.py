@@ -1,0 +1,1 @@
+"""Airflow building blocks: hook, FluxFlexOperator, FluxJobSensor, FluxJobTrigger, the job link."""
