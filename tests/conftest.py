@@ -16,7 +16,6 @@ import pytest
 from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its home when first imported: give the test session a private one before that.
@@ -24,6 +23,13 @@ AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="flexflow-test-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+# dag.test() runs a DAG only once it is found in a bundle: the project's dags/ and the tests' own.
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
+    [
+        {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": path}}
+        for name, path in (("dags-folder", str(ROOT / "dags")), ("flexflow-tests", str(ROOT / "tests" / "dags")))
+    ]
+)
 os.environ.pop("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", None)
 
 #: The API key of Airflow tests: distinctive, so a test can prove it never lands anywhere.

@@ -1,0 +1,76 @@
+"""Airflow itself runs the operator, sensor and trigger (dag.test()) against the emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flexflow.emulator import EmulatorServer
+from tests.airflow_helpers import load_test_dag, task_states, xcom
+
+
+def run(dag_id: str) -> tuple[str, str]:
+    dag_run = load_test_dag(dag_id).test()
+    return dag_run.state, dag_run.run_id
+
+
+def test_a_crash_after_submit_reconnects_on_retry(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path
+) -> None:
+    state, run_id = run("test_crash_after_submit")
+    assert state == "success"
+    assert task_states(airflow_db, "test_crash_after_submit", run_id)["submit"] == ("success", 2)
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 1
+    assert accounting["jobs_billed"] == 1
+    assert accounting["submissions"] == 1, "the retry read the job from task_state_store, it did not submit"
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule"])
+def test_sensor_without_triggerer(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, mode: str
+) -> None:
+    state, run_id = run(f"test_sensor_{mode}")
+    assert state == "success"
+    [job] = xcom(airflow_db, f"test_sensor_{mode}", run_id, "wait")
+    assert job["status"] == "COMPLETED"
+    assert job["result_urls"][0].startswith(emulator.url)
+    assert emulator.accounting()["jobs_billed"] == 1
+
+
+@pytest.mark.parametrize("how", ["deferred", "blocking"])
+def test_operator_can_submit_and_wait(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, how: str
+) -> None:
+    state, run_id = run(f"test_submit_and_wait_{how}")
+    assert state == "success"
+    [job] = xcom(airflow_db, f"test_submit_and_wait_{how}", run_id, "submit_and_wait")
+    assert job["status"] == "COMPLETED"
+    assert job["credit_cost"] == 5
+
+
+def test_a_failed_job_fails_the_wait_without_retries(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    emulator.faults.add({"fault": "moderation", "count": 1})
+    state, run_id = run("test_failed_job")
+    assert state == "failed"
+    states = task_states(airflow_db, "test_failed_job", run_id)
+    assert states["submit"] == ("success", 1)
+    assert states["wait"] == ("failed", 1), "a FAILED job is not waited for again"
+    output = "".join(capfd.readouterr())
+    assert "ended FAILED: Content moderation" in output, "the API's error text is in the task log"
+    assert "clear the submit task" in output
+    assert emulator.accounting()["jobs_billed"] == 0
+
+
+def test_an_invalid_request_fails_without_a_call(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    state, run_id = run("test_invalid_request")
+    assert state == "failed"
+    assert task_states(airflow_db, "test_invalid_request", run_id)["submit"] == ("failed", 1)
+    output = "".join(capfd.readouterr())
+    assert "fluxParams.guidance: guidance must be a number from 1.5 to 10 in steps of 0.1" in output
+    assert emulator.accounting()["submissions"] == 0

@@ -1,0 +1,386 @@
+"""Provider-style unit tests: deferral, events, the trigger against the emulator, serialization."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
+from airflow.triggers.base import TriggerEvent
+
+from flexflow.airflow import polling
+from flexflow.airflow.hooks import ApiSettings, FluxHook
+from flexflow.airflow.links import JOB_LINK_XCOM_KEY
+from flexflow.airflow.operators import JOB_STATE_KEY, FluxFlexOperator, idempotency_key
+from flexflow.airflow.polling import PollSchedule, job_result
+from flexflow.airflow.sensors import FluxJobSensor
+from flexflow.airflow.triggers import FluxJobTrigger, shared_clients
+from flexflow.client import FluxClient
+from flexflow.emulator import EmulatorServer
+from tests.conftest import SECRET_KEY, flux_request
+
+FAST = 0.02
+
+
+class TaskInstanceStub:
+    """The few task-instance attributes the operators read; records XCom pushes."""
+
+    def __init__(self, task_id: str = "submit", map_index: int = -1, try_number: int = 1) -> None:
+        self.dag_id, self.run_id, self.task_id = "unit_dag", "manual__1", task_id
+        self.map_index, self.try_number = map_index, try_number
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+class StateStore(dict[str, Any]):
+    """task_state_store's get/set on a dict (the real one talks to the supervisor process)."""
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        self[key] = value
+
+
+def context(ti: TaskInstanceStub | None = None, store: StateStore | None = None) -> dict[str, Any]:
+    return {"ti": ti or TaskInstanceStub(), "task_state_store": store}
+
+
+def trigger_for(job_id: str, deadline_in: float = 30.0, **kwargs: Any) -> FluxJobTrigger:
+    return FluxJobTrigger(job_id, "apiframe_default", time.time() + deadline_in, poll_interval=FAST, **kwargs)
+
+
+async def first_event(trigger: FluxJobTrigger) -> dict[str, Any]:
+    try:
+        async for event in trigger.run():
+            return event.payload
+    finally:
+        await trigger.cleanup()
+    raise AssertionError("the trigger ended without an event")
+
+
+def submit(emulator: EmulatorServer, **flux: Any) -> str:
+    with FluxClient(emulator.url, SECRET_KEY) as client:
+        return client.submit(flux_request(**flux))
+
+
+# -- operator ----------------------------------------------------------------------------------
+
+
+def test_execute_submits_and_pushes_request_and_link(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    ti = TaskInstanceStub()
+    operator = FluxFlexOperator(task_id="submit", prompt="a kite", flux={"seed": 1})
+    job_id = operator.execute(context(ti))
+    assert ti.xcom["request"]["fluxParams"]["seed"] == 1
+    assert ti.xcom["request"]["fluxParams"]["steps"] == 28, "defaults are sent explicitly"
+    assert ti.xcom[JOB_LINK_XCOM_KEY] == f"{emulator.url}/_emulator/jobs/{job_id}"
+    assert SECRET_KEY not in json.dumps(ti.xcom)
+
+
+def test_execute_defers_with_the_expected_trigger(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    operator = FluxFlexOperator(
+        task_id="submit", prompt="a kite", wait_for_completion=True, deferrable=True, poll_interval=3.0
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context())
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, FluxJobTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "flexflow.airflow.triggers.FluxJobTrigger"
+    assert kwargs["conn_id"] == "apiframe_default"
+    assert kwargs["poll_interval"] == 3.0
+    assert kwargs["job_id"] in emulator.accounting()["polls_per_job"]
+
+
+def test_sensor_defers_by_default(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    job_id = submit(emulator)
+    sensor = FluxJobSensor(task_id="wait", job_id=job_id, timeout=600)
+    assert sensor.deferrable is True
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context(TaskInstanceStub("wait")))
+    kwargs = deferred.value.trigger.serialize()[1]
+    assert kwargs["job_id"] == job_id
+    assert 599 < kwargs["deadline"] - time.time() <= 600
+
+
+def test_default_deferrable_follows_an_explicit_deployment_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert polling.default_deferrable() is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert polling.default_deferrable() is False
+    assert FluxJobSensor(task_id="w", job_id="j").deferrable is False
+
+
+def test_an_invalid_request_fails_before_any_call(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    operator = FluxFlexOperator(task_id="submit", prompt="x", flux={"image_prompt_strength": 0.17})
+    with pytest.raises(AirflowFailException, match=r"fluxParams\.image_prompt_strength"):
+        operator.execute(context())
+    assert emulator.accounting()["submissions"] == 0
+
+
+def test_idempotency_key_is_deterministic_per_logical_request() -> None:
+    body = flux_request(seed=1)
+    key = idempotency_key("d", "r", "t", -1, body, 0)
+    assert key == idempotency_key("d", "r", "t", -1, dict(reversed(body.items())), 0)
+    assert len(key) <= 255
+    others = {
+        idempotency_key("d2", "r", "t", -1, body, 0),
+        idempotency_key("d", "r2", "t", -1, body, 0),
+        idempotency_key("d", "r", "t2", -1, body, 0),
+        idempotency_key("d", "r", "t", 3, body, 0),
+        idempotency_key("d", "r", "t", -1, flux_request(seed=2), 0),
+        idempotency_key("d", "r", "t", -1, body, 1),
+    }
+    assert key not in others
+    assert len(others) == 6
+
+
+def test_a_retry_reconnects_to_the_stored_job(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    emulator.config.update({"processing_seconds": 30.0})
+    store = StateStore()
+    operator = FluxFlexOperator(task_id="submit", prompt="retry me")
+    first = operator.execute(context(TaskInstanceStub(try_number=1), store))
+    second = operator.execute(context(TaskInstanceStub(try_number=2), store))
+    assert first == second
+    assert store[JOB_STATE_KEY]["generation"] == 0
+    assert emulator.accounting()["submissions"] == 1
+
+
+def test_without_a_state_store_the_key_still_prevents_a_second_job(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    operator = FluxFlexOperator(task_id="submit", prompt="no store")
+    first = operator.execute(context(TaskInstanceStub(try_number=1)))
+    second = operator.execute(context(TaskInstanceStub(try_number=2)))
+    assert first == second
+    accounting = emulator.accounting()
+    assert accounting["submissions"] == 2
+    assert accounting["jobs_created"] == 1
+
+
+@pytest.mark.parametrize("outcome", ["fail", "cancel", "expired_result"])
+def test_a_try_after_a_failed_or_expired_job_submits_a_new_generation(
+    emulator: EmulatorServer, apiframe_connection: str, outcome: str
+) -> None:
+    emulator.faults.add({"fault": outcome, "count": 1})
+    store = StateStore()
+    operator = FluxFlexOperator(task_id="submit", prompt="deliberate resubmission")
+    first = operator.execute(context(TaskInstanceStub(try_number=1), store))
+    second = operator.execute(context(TaskInstanceStub(try_number=2), store))
+    assert first != second
+    assert store[JOB_STATE_KEY]["generation"] == 1
+    assert emulator.accounting()["jobs_created"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "raises", "match"),
+    [
+        ("FAILED", AirflowFailException, "ended FAILED: provider exploded"),
+        ("CANCELLED", AirflowFailException, "ended CANCELLED"),
+        ("TIMEOUT", AirflowSensorTimeout, "not finished by the timeout"),
+        ("ERROR", AirflowException, "waiting for job j1 failed: 404"),
+    ],
+)
+def test_execute_complete_maps_each_event(status: str, raises: type[Exception], match: str) -> None:
+    job = {"id": "j1", "status": status, "error": "provider exploded", "result_urls": []}
+    event = {"status": status, "job_id": "j1", "job": job, "message": "404 Job not found"}
+    for task in (FluxJobSensor(task_id="w", job_id="j1"), FluxFlexOperator(task_id="s", prompt="p")):
+        with pytest.raises(raises, match=match):
+            task.execute_complete({}, event)
+
+
+def test_execute_complete_returns_the_finished_job() -> None:
+    job = {"id": "j1", "status": "COMPLETED", "result_urls": ["http://x/0.png"], "credit_cost": 5}
+    assert FluxJobSensor(task_id="w", job_id="j1").execute_complete({}, {"status": "COMPLETED", "job": job}) == job
+    assert not issubclass(AirflowException, AirflowFailException), "ERROR events stay retryable"
+
+
+# -- trigger -----------------------------------------------------------------------------------
+
+
+def test_trigger_serialize_round_trips() -> None:
+    trigger = FluxJobTrigger("j", "c", 123.5, 100.0, 2.5, 40.0)
+    classpath, kwargs = trigger.serialize()
+    assert json.loads(json.dumps(kwargs)) == kwargs, "only JSON-native kwargs"
+    module, name = classpath.rsplit(".", 1)
+    rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "error"),
+    [
+        (None, "COMPLETED", None),
+        ("fail", "FAILED", "Provider error"),
+        ("moderation", "FAILED", "Content moderation"),
+        ("cancel", "CANCELLED", "cancelled"),
+    ],
+)
+async def test_trigger_fires_each_terminal_status(
+    emulator: EmulatorServer, apiframe_connection: str, fault: str | None, status: str, error: str | None
+) -> None:
+    if fault:
+        emulator.faults.add({"fault": fault, "count": 1})
+    job_id = submit(emulator)
+    event = await first_event(trigger_for(job_id))
+    assert event["status"] == status
+    assert event["job"]["id"] == job_id
+    if error:
+        assert error in event["message"]
+    else:
+        assert event["job"]["result_urls"]
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "http_500", "http_502", "http_503", "http_504", "drop", "slow"])
+async def test_trigger_rides_out_transient_faults(
+    emulator: EmulatorServer, apiframe_connection: str, fault: str
+) -> None:
+    job_id = submit(emulator)
+    # More faults than the client retries (5 attempts): the trigger keeps polling until the deadline.
+    emulator.faults.add({"fault": fault, "count": 7, "route": "poll", "retry_after": 0, "delay": 0.3})
+    monkey_timeout(emulator, apiframe_connection)
+    event = await first_event(trigger_for(job_id))
+    assert event["status"] == "COMPLETED"
+    assert emulator.accounting()["faults_injected"] == {fault: 7}
+
+
+def monkey_timeout(emulator: EmulatorServer, conn_id: str) -> None:
+    """A short request timeout on the connection, so the slow fault becomes a client timeout."""
+    import os
+
+    connection = json.loads(os.environ["AIRFLOW_CONN_APIFRAME_DEFAULT"])
+    connection["extra"].update({"request_timeout": 0.1})
+    os.environ["AIRFLOW_CONN_APIFRAME_DEFAULT"] = json.dumps(connection)
+
+
+async def test_trigger_reports_unknown_jobs_and_times_out(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    unknown = await first_event(trigger_for("3f0c2a59-1111-4c9e-9d55-0123456789ab"))
+    assert unknown["status"] == "ERROR"
+    assert "404" in unknown["message"]
+    emulator.config.update({"processing_seconds": 60.0})
+    late = await first_event(trigger_for(submit(emulator), deadline_in=0.3))
+    assert late["status"] == "TIMEOUT"
+    assert "last status PROCESSING" in late["message"]
+
+
+async def test_trigger_without_a_usable_connection_reports_it(
+    monkeypatch: pytest.MonkeyPatch, airflow_db: Path
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_APIFRAME_DEFAULT", json.dumps({"conn_type": "apiframe", "host": "http://x"}))
+    event = await first_event(trigger_for("j"))
+    assert event["status"] == "ERROR"
+    assert "no API key" in event["message"]
+
+
+async def test_triggers_share_one_client_per_loop_and_close_it(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    emulator.config.update({"processing_seconds": 2.0})
+    jobs = [submit(emulator, seed=i) for i in range(40)]
+    triggers = [trigger_for(job_id) for job_id in jobs]
+    tasks = [asyncio.ensure_future(first_event(t)) for t in triggers]
+    while shared_clients.users("apiframe_default") < 40 and not any(t.done() for t in tasks):
+        await asyncio.sleep(0.01)
+    assert shared_clients.users("apiframe_default") == 40
+    client = await shared_clients.client("apiframe_default")
+    events = await asyncio.gather(*tasks)
+    assert {e["status"] for e in events} == {"COMPLETED"}
+    assert shared_clients.users("apiframe_default") == 0
+    assert client._http.is_closed, "the last cleanup closed the shared client"
+
+
+def test_poll_schedule_grows_and_caps() -> None:
+    schedule = PollSchedule(poll_interval=2.0, max_poll_interval=30.0)
+    waits = [schedule.interval(n, job_age=10.0) for n in range(6)]
+    assert waits == [2.0, 3.0, 4.5, 5.0, 5.0, 5.0]
+    assert schedule.interval(10, job_age=120.0) == 30.0
+    assert PollSchedule(poll_interval=10.0).interval(0, job_age=0) == 10.0
+
+
+def test_job_result_needs_result_urls() -> None:
+    with pytest.raises(AirflowFailException, match="without result URLs"):
+        job_result({"status": "COMPLETED", "job": {"id": "j", "result_urls": []}})
+
+
+def test_trigger_event_payload_is_json() -> None:
+    payload = TriggerEvent({"status": "COMPLETED", "job": None}).payload
+    assert json.loads(json.dumps(payload)) == payload
+
+
+# -- hook and provider ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "base_url"),
+    [
+        (None, None, "https://api.apiframe.ai"),
+        ("api.example.com", None, "https://api.example.com"),
+        ("127.0.0.1", 8787, "http://127.0.0.1:8787"),
+        ("localhost", 9000, "http://localhost:9000"),
+        ("http://127.0.0.1:8787/", None, "http://127.0.0.1:8787"),
+    ],
+)
+def test_connection_host_is_the_base_url(
+    monkeypatch: pytest.MonkeyPatch, airflow_db: Path, host: str | None, port: int | None, base_url: str
+) -> None:
+    connection = {"conn_type": "apiframe", "host": host, "port": port, "password": SECRET_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps(connection))
+    settings = FluxHook("flux_test").settings()
+    assert settings.base_url == base_url
+    assert SECRET_KEY not in repr(settings)
+    assert settings.api_key.reveal() == SECRET_KEY
+
+
+def test_a_connection_without_key_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps({"conn_type": "apiframe"}))
+    with pytest.raises(ValueError, match="password field \\(shown as 'API key'\\)"):
+        FluxHook("flux_test").settings()
+
+
+def test_hook_masks_the_key(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps({"conn_type": "apiframe", "password": SECRET_KEY}))
+    FluxHook("flux_test").settings()
+    assert SECRET_KEY not in str(redact(f"key={SECRET_KEY}"))
+
+
+def test_provider_info_is_valid_and_declares_the_connection_form() -> None:
+    from importlib.metadata import entry_points
+    from importlib.resources import files
+
+    from jsonschema import Draft7Validator
+
+    [entry] = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("flexflow")]
+    info = entry.load()()
+    schema = json.loads(files("airflow").joinpath("provider_info.schema.json").read_text())
+    Draft7Validator(schema).validate(info)
+    [connection] = info["connection-types"]
+    assert connection["connection-type"] == "apiframe"
+    assert connection["hook-name"] == "Apiframe (Flux)"
+    assert connection["ui-field-behaviour"]["relabeling"] == {"host": "Base URL", "password": "API key"}
+    assert connection["ui-field-behaviour"]["placeholders"]["host"] == "https://api.apiframe.ai"
+    assert set(connection["ui-field-behaviour"]["hidden-fields"]) == {"schema", "login", "port", "extra"}
+
+
+def test_airflow_sees_the_connection_type(airflow_db: Path) -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "flexflow" in manager.providers
+    behaviour = manager.field_behaviours["apiframe"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
+    widgets = manager.connection_form_widgets
+    assert {"extra__apiframe__request_timeout", "extra__apiframe__max_attempts", "extra__apiframe__job_link"} <= set(
+        widgets
+    )
+
+
+def test_settings_link_for() -> None:
+    from flexflow.client import ApiKey
+
+    settings = ApiSettings("http://h", ApiKey("k"), job_link="{base_url}/jobs/{job_id}")
+    assert settings.link_for("abc") == "http://h/jobs/abc"
