@@ -148,30 +148,30 @@ class FluxJobTrigger(BaseTrigger):
         self._holds_client = True
         polls, status, reopened = 0, None, False
         while True:
-            remaining = self.deadline - time.time()
-            if remaining <= 0:
-                yield self._event(TIMEOUT, message=f"no result after {polls} polls; last status {status}")
-                return
-            await asyncio.sleep(min(schedule.interval(polls, time.time() - self.submitted_at), remaining))
-            polls += 1
+            polls += 1  # the first poll is immediate: a restarted trigger may find its job long done
             try:
                 job = await (await shared_clients.client(self.conn_id)).get_job(self.job_id)
             except ApiError as exc:
                 if isinstance(exc, AuthenticationFailed) and not reopened:
                     reopened = True
                     shared_clients.reopen(self.conn_id)
-                    continue
-                if exc.retryable:  # the client's own retries ran out: keep waiting until the deadline
+                elif exc.retryable:  # the client's own retries ran out: keep waiting until the deadline
                     self.log.warning("job %s: polling failed (%s); will try again", self.job_id, exc.summary)
-                    continue
-                yield self._event(ERROR, message=str(exc))
+                else:
+                    yield self._event(ERROR, message=str(exc))
+                    return
+            else:
+                if job.status != status:
+                    status = job.status
+                    self._log_transition(job)
+                if job.is_terminal:
+                    yield self._event(job.status.value, job=job)
+                    return
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                yield self._event(TIMEOUT, message=f"no result after {polls} polls; last status {status}")
                 return
-            if job.status != status:
-                status = job.status
-                self._log_transition(job)
-            if job.is_terminal:
-                yield self._event(job.status.value, job=job)
-                return
+            await asyncio.sleep(min(schedule.interval(polls - 1, time.time() - self.submitted_at), remaining))
 
     def _log_transition(self, job: Job) -> None:
         self.log.info(

@@ -146,7 +146,7 @@ class EmulatorState:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.jobs: dict[str, JobRecord] = {}
-        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self.submissions = 0
         self.submissions_per_key: Counter[str] = Counter()
 

@@ -347,7 +347,7 @@ def load_folder(paths: Iterable[str | Path]) -> FolderResult:
         try:
             specs.append(load_spec(file))
         except SpecError as exc:
-            broken.setdefault(_lenient_dag_id(file), []).extend(exc.problems)
+            broken.setdefault(lenient_dag_id(file), []).extend(exc.problems)
     by_id: dict[str, list[model.Spec]] = {}
     for spec in specs:
         by_id.setdefault(spec.dag_id, []).append(spec)
@@ -369,7 +369,7 @@ def load_folder(paths: Iterable[str | Path]) -> FolderResult:
 _DAG_ID_LINE = re.compile(r"^dag_id:\s*['\"]?([A-Za-z0-9_.-]+)", re.MULTILINE)
 
 
-def _lenient_dag_id(file: Path) -> str:
+def lenient_dag_id(file: Path) -> str:
     """The dag_id a broken file meant, read without YAML, so the broken DAG shows under its own name."""
     try:
         match = _DAG_ID_LINE.search(file.read_text(encoding="utf-8", errors="replace"))

@@ -1,0 +1,39 @@
+"""The DAG-folder loader: every spec in a folder becomes a DAG, and a broken spec never hides the others.
+
+Airflow re-parses DAG files every 30 seconds, so the work here is bounded: when a task runs, only
+its own spec is compiled (Airflow's parsing context names the DAG), and specs whose text has not
+changed are not validated again (a content-hash cache on disk: the DAG processor parses each file
+in a fresh process, so an in-memory cache would not survive).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.sdk import DAG, get_parsing_context
+
+from flexflow.compiler.dag import compile_broken, compile_spec
+from flexflow.spec.loader import find_spec_files, lenient_dag_id, load_folder
+
+SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
+
+
+def specs_dir(default: Path) -> Path:
+    """``FLEXFLOW_SPECS_DIR`` when set, else the given default (``specs/`` beside the project)."""
+    return Path(os.environ.get(SPECS_DIR_ENV) or default)
+
+
+def load_dags(folder: Path) -> dict[str, DAG]:
+    """DAGs of every spec under ``folder``; broken specs become flagged DAGs that show their problems."""
+    files = find_spec_files([folder]) if folder.exists() else []
+    wanted = get_parsing_context().dag_id
+    if wanted:
+        # A task is running: compile only its spec (fall back to all if no file claims the id).
+        files = [f for f in files if lenient_dag_id(f) == wanted] or files
+    result = load_folder(files)
+    dags = {spec.dag_id: compile_spec(spec) for spec in result.specs}
+    for dag_id, problems in result.broken.items():
+        broken_id = dag_id if dag_id not in dags else f"{dag_id}__invalid"
+        dags[broken_id] = compile_broken(broken_id, problems)
+    return dags
