@@ -54,6 +54,9 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if not Path(args.spec).is_file():
+        print(f"flexflow plan: no such spec file: {args.spec}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -200,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlexflowError as exc:
         print(f"flexflow: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `flexflow plan ... | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from flexflow.airflow.sensors import FluxJobSensor
 from flexflow.compiler.layout import FINALIZE, PUBLISH, SUBMIT, WAIT, task_layout
 from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
 from flexflow.spec.loader import SpecProblem
-from flexflow.spec.model import ImageSpec, Spec
+from flexflow.spec.model import ImageSpec, Spec, thawed
 
 FLEXFLOW_TAG = "flexflow"
 INVALID_TAG = "invalid"
@@ -29,7 +29,7 @@ def compile_spec(spec: Spec) -> DAG:
         start_date=spec.start_date,
         catchup=spec.catchup,
         tags=[*spec.tags, FLEXFLOW_TAG],
-        params=dict(spec.params),
+        params=thawed(spec.params),
         default_args={"owner": spec.owner},
     ) as dag:
         publishes = [_image_group(spec, image) for image in spec.images]

@@ -9,6 +9,7 @@ rejects ``0.15`` as a multiple of ``0.05``; an ``enum`` of decimals is compared 
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -55,6 +56,11 @@ def _json_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def json_text(value: object) -> str:
+    """A value as the JSON/YAML author wrote it (true, null, "text"), for messages."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def flux_params_schema() -> dict[str, Any]:
@@ -130,12 +136,15 @@ def describe(error: ValidationError, hint: Hint | None = None) -> list[Problem]:
             for key in error.instance
             if key not in known
         ]
+    if "propertyNames" in error.schema_path and isinstance(error.instance, str):
+        # jsonschema reports a bad key at its mapping; the problem is the key itself.
+        return [Problem((*path, error.instance), f"'{error.instance}' is not a valid name: {error.message}")]
     if error.validator == "required":
         missing = error.message.split("'")[1]
-        return [Problem((*path, missing), f"'{missing}' is required")]
+        return [Problem((*path, missing), f"{missing} is required")]
     param = _param_at(path)
     if param is not None:
-        return [Problem(path, f"{param.name} must be {param.allowed_text()}; got {error.instance!r}")]
+        return [Problem(path, f"{param.name} must be {param.allowed_text()}; got {json_text(error.instance)}")]
     return [Problem(path, (hint and hint(path, error)) or error.message)]
 
 

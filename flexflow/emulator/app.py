@@ -63,6 +63,18 @@ class _Api:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
         self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self._webhook_client: httpx2.AsyncClient | None = None
+
+    def _webhooks(self) -> httpx2.AsyncClient:
+        # One client for all deliveries: building one (SSL context) blocks the loop for ~40 ms.
+        if self._webhook_client is None:
+            self._webhook_client = httpx2.AsyncClient(timeout=5.0)
+        return self._webhook_client
+
+    async def _until(self, moment: float) -> None:
+        """Sleep until the state's clock reaches ``moment`` (loop timers may fire a little early)."""
+        while (left := moment - self.state.clock()) > 0:
+            await asyncio.sleep(left)
 
     def _owner(self, request: Request) -> tuple[str | None, JSONResponse | None]:
         status, owner = self.state.authenticate(request.headers.get(wire.API_KEY_HEADER))
@@ -99,7 +111,9 @@ class _Api:
         if not result.replayed and job.webhook_status:
             self._schedule_webhooks(job, request.headers[wire.API_KEY_HEADER], str(request.base_url))
         status = job.status(self.state.clock()) if result.replayed else JobStatus.QUEUED
-        return JSONResponse({"jobId": job.id, "status": status.value}, status_code=202)
+        # JobAccepted's status enum has no CANCELLED: a replay of a cancelled job says FAILED.
+        accepted = JobStatus.FAILED if status is JobStatus.CANCELLED else status
+        return JSONResponse({"jobId": job.id, "status": accepted.value}, status_code=202)
 
     async def get_job(self, request: Request) -> Response:
         owner, denied = self._owner(request)
@@ -125,6 +139,8 @@ class _Api:
             offset = int(query.get("cursor") or 0)
         except ValueError:
             return _error(400, "limit and cursor must be integers")
+        if offset < 0:
+            return _error(400, "cursor must be a cursor this API returned")
         if not 1 <= limit <= 100:
             return _error(400, "limit must be between 1 and 100")
         status = query.get("status")
@@ -216,17 +232,17 @@ class _Api:
             log.warning("webhook target %s is not on loopback; the emulator only delivers locally", url)
             job.webhook_status = "failed"
             return
-        async with httpx2.AsyncClient(timeout=5.0) as client:
-            if "progress" in events:
-                await asyncio.sleep(max(0.0, job.created + job.queue_seconds - self.state.clock()))
-                await self._post_event(client, url, api_key, self._event(job, "progress", base_url))
-            await asyncio.sleep(max(0.0, job.finishes - self.state.clock()))
-            status = job.status(self.state.clock())
-            event = "completed" if status is JobStatus.COMPLETED else "failed"
-            delivered = True
-            if event in events:
-                delivered = await self._post_event(client, url, api_key, self._event(job, event, base_url))
-            job.webhook_status = "delivered" if delivered else "failed"
+        client = self._webhooks()
+        if "progress" in events:
+            await self._until(job.created + job.queue_seconds)
+            await self._post_event(client, url, api_key, self._event(job, "progress", base_url))
+        await self._until(job.finishes)
+        status = job.status(self.state.clock())
+        event = "completed" if status is JobStatus.COMPLETED else "failed"
+        delivered = True
+        if event in events:
+            delivered = await self._post_event(client, url, api_key, self._event(job, event, base_url))
+        job.webhook_status = "delivered" if delivered else "failed"
 
     def _event(self, job: JobRecord, event: str, base_url: str) -> dict[str, Any]:
         data = self.state.job_json(job, base_url)
@@ -245,14 +261,16 @@ class _Api:
             wire.WEBHOOK_SIGNATURE_HEADER: webhooks.sign(body, api_key),
             wire.WEBHOOK_EVENT_HEADER: event["event"],
         }
-        for attempt in range(self.state.config.webhook_retries + 1):
+        attempts = self.state.config.webhook_retries + 1
+        for attempt in range(attempts):
             try:
                 response = await client.post(url, content=body, headers=headers)
                 if response.is_success:
                     return True
             except httpx2.TransportError as exc:
                 log.warning("webhook %s to %s failed: %s", event["event"], url, exc)
-            await asyncio.sleep(0.2 * 2**attempt)
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.2 * 2**attempt)
         return False
 
 

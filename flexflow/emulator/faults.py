@@ -86,8 +86,8 @@ class FaultRule:
             raise ValueError(f"fault {self.fault.value}: route must be one of {', '.join(ROUTES)}")
 
     def matches(self, route: str) -> bool:
-        if self.fault.is_job_outcome:
-            return route == "job"
+        if self.fault.is_job_outcome or route == "job":
+            return self.fault.is_job_outcome and route == "job"
         return self.route == route or self.route == "any" or (self.route == "api" and route != "file")
 
     @classmethod

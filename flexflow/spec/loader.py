@@ -91,8 +91,9 @@ def _locate(file: str, positions: Positions, path: Path_, message: str) -> SpecP
     # A missing start_date is best shown where the schedule that needs it is.
     line, column = positions.of(("schedule",) if path == ("start_date",) and path not in positions.spots else path)
     dotted = dotted_path(path)
-    if path and isinstance(path[-1], str) and message.startswith(f"{path[-1]} "):
-        message = message[len(path[-1]) + 1 :]  # "guidance must be ..." under the key guidance
+    key = next((part for part in reversed(path) if isinstance(part, str)), None)
+    if key and message.startswith(f"{key} "):
+        message = message[len(key) + 1 :]  # "guidance must be ..." under the key guidance
     return SpecProblem(file, line, column, message if not dotted else f"{dotted}: {message}", dotted)
 
 
@@ -110,6 +111,8 @@ def load_spec(path: str | Path) -> model.Spec:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError([SpecProblem(str(file), 1, 1, "the file is not UTF-8 text")]) from None
+    except OSError as exc:
+        raise SpecError([SpecProblem(str(file), 1, 1, f"cannot read the file: {exc.strerror or exc}")]) from None
     return parse_spec(text, str(file))
 
 

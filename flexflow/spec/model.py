@@ -22,7 +22,25 @@ DEFAULT_POLL_INTERVAL = timedelta(seconds=5)
 
 
 def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping))
+    """A read-only copy, all the way down (mappings become read-only, lists tuples)."""
+    return MappingProxyType({key: _freeze(value) for key, value in mapping.items()})
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return frozen(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """Plain dicts and lists again, for Airflow (DAG params) and JSON."""
+    if isinstance(value, Mapping):
+        return {key: thawed(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thawed(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

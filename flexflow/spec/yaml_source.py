@@ -20,11 +20,14 @@ import yaml
 MAX_BYTES = 1_000_000
 #: Nodes built at most, aliases expanded; a real spec has a few hundred.
 MAX_NODES = 100_000
+#: Deepest nesting of mappings and lists; a spec needs about six levels.
+MAX_DEPTH = 64
 
 Path = tuple[str | int, ...]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
+_STR = _TAG + "str"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _constructor = yaml.SafeLoader("")  # a constructor for scalars of the standard tags only
 
@@ -49,7 +52,7 @@ class Positions:
         """The position of a path, or of its nearest ancestor that exists in the file."""
         while path not in self.spots and path:
             path = path[:-1]
-        return self.spots.get(path, (1, 1))
+        return self.spots.get(path) or self.spots.get(("<value>",), (1, 1))
 
     def value_of(self, path: Path) -> tuple[int, int]:
         return self.spots.get((*path, "<value>"), self.of(path))
@@ -62,9 +65,7 @@ def load(text: str) -> tuple[Any, Positions]:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlProblem(_yaml_message(exc), line, column) from None
+        raise YamlProblem(_yaml_message(exc), *_error_spot(exc, text)) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(f"not valid YAML: {exc}") from None
     positions = Positions()
@@ -82,6 +83,20 @@ def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
     return message
 
 
+def _error_spot(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int]:
+    """Where a YAML error is; at the end of the text, where the unclosed construct began, else its last line."""
+    lines = text.splitlines() or [""]
+    for mark in (exc.problem_mark, exc.context_mark):
+        if mark is not None and mark.line < len(lines):
+            return mark.line + 1, min(mark.column, len(lines[mark.line])) + 1
+    return len(lines), len(lines[-1]) + 1
+
+
+def _key_text(node: yaml.Node) -> object:
+    """A key node's text; a complex key (a list or mapping) stands for itself, and is rejected later."""
+    return node.value if isinstance(node, yaml.ScalarNode) else id(node)
+
+
 def _spot(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -90,6 +105,7 @@ class _Builder:
     def __init__(self, positions: Positions) -> None:
         self.positions = positions
         self.nodes = 0
+        self.open: set[int] = set()  # ids of the collections being built: an alias to one is a cycle
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.nodes += 1
@@ -98,11 +114,17 @@ class _Builder:
                 f"the document expands to more than {MAX_NODES:,} values (aliases nested too deep?)", *_spot(node)
             )
         self.positions.spots.setdefault((*path, "<value>"), _spot(node))
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return self._sequence(node, path)
-        return self._scalar(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if id(node) in self.open:
+            raise YamlProblem("an alias refers to a mapping or list that contains it (a cycle)", *_spot(node))
+        if len(path) >= MAX_DEPTH:
+            raise YamlProblem(f"values are nested more than {MAX_DEPTH} levels deep", *_spot(node))
+        self.open.add(id(node))
+        try:
+            return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else self._sequence(node, path)
+        finally:
+            self.open.discard(id(node))
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         if node.tag != _TAG + "map":
@@ -121,17 +143,20 @@ class _Builder:
 
     def _pairs(self, node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node]]:
         """Key/value nodes, with YAML merge keys (``<<: *defaults``) expanded, own keys last."""
-        own = []
+        own = [(k, v) for k, v in node.value if k.tag != _TAG + "merge"]
+        taken = {_key_text(k) for k, _ in own}
         for key_node, value_node in node.value:
-            if key_node.tag == _TAG + "merge":
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for source in sources:
-                    if not isinstance(source, yaml.MappingNode):
-                        raise YamlProblem("a merge key (<<) takes a mapping", *_spot(source))
-                    self.nodes += len(source.value)
-                    yield from (pair for pair in source.value if pair[0].value not in _own_keys(node))
-            else:
-                own.append((key_node, value_node))
+            if key_node.tag != _TAG + "merge":
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:  # the first mapping that has a key wins, as YAML says
+                if not isinstance(source, yaml.MappingNode):
+                    raise YamlProblem("a merge key (<<) takes a mapping", *_spot(source))
+                self.nodes += len(source.value)
+                for pair in source.value:
+                    if _key_text(pair[0]) not in taken:
+                        taken.add(_key_text(pair[0]))
+                        yield pair
         yield from own
 
     def _sequence(self, node: yaml.SequenceNode, path: Path) -> list[Any]:
@@ -146,15 +171,16 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Any:
         if node.tag not in _SCALAR_TAGS:
             raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
+        if node.tag == _STR:
+            return node.value
         try:
             # The tag's own constructor: construct_object would cache every node for good.
             value = _constructor.yaml_constructors[node.tag](_constructor, node)
-        except (yaml.YAMLError, ValueError) as exc:
-            raise YamlProblem(f"cannot read value {node.value!r}: {exc}", *_spot(node)) from None
+        except (yaml.YAMLError, ValueError, OverflowError):
+            # Date-shaped but no date (2026-13-01): keep the text, and let the checks say what is wrong.
+            return node.value
         if isinstance(value, dt.datetime | dt.date):
             return value.isoformat()
         return value
 
 
-def _own_keys(node: yaml.MappingNode) -> set[str]:
-    return {k.value for k, _ in node.value if k.tag != _TAG + "merge"}
