@@ -13,6 +13,7 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,9 @@ from jinja2 import Environment, TemplateSyntaxError
 from jsonschema.exceptions import ValidationError
 
 from flexflow.client.errors import FlexflowError
-from flexflow.contract.schema import problems as schema_problems
 from flexflow.spec import model
 from flexflow.spec.durations import parse_duration
-from flexflow.spec.schema import PLACEHOLDERS, SCHEDULE_PRESETS, spec_validator
+from flexflow.spec.schema import PLACEHOLDERS, SCHEDULE_PRESETS, spec_checker
 from flexflow.spec.yaml_source import Positions, YamlProblem, load
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -72,7 +72,7 @@ def parse_spec(text: str, file: str = "<spec>") -> model.Spec:
     found: dict[Path_, _Problem | Any] = {}
     for path, message in _secret_keys(data, ()):
         found.setdefault(path, _Problem(path, message))
-    for problem in schema_problems(spec_validator(), data, _hint):
+    for problem in spec_checker().problems(data, _hint):
         found.setdefault(problem.path, problem)
     for path, message in _checks(data):
         found.setdefault(path, _Problem(path, message))
@@ -181,6 +181,7 @@ def _secret_keys(value: object, path: Path_) -> Iterable[tuple[Path_, str]]:
         yield path, "this looks like an Apiframe API key; keys belong in the Airflow connection, never in a spec"
 
 
+@lru_cache(maxsize=4096)
 def _looks_secret(key: str) -> bool:
     normalized = key.lower().replace("-", "_")
     return bool(SECRET_WORDS & set(normalized.split("_"))) or any(p in normalized for p in SECRET_PHRASES)
@@ -217,10 +218,21 @@ def _settings(settings: Mapping[str, Any], path: Path_) -> Iterable[tuple[Path_,
 
 def _template(value: object, path: Path_) -> Iterable[tuple[Path_, str]]:
     if isinstance(value, str):
-        try:
-            _JINJA.parse(value)
-        except TemplateSyntaxError as exc:
-            yield path, f"template error: {exc.message}"
+        error = _template_error(value)
+        if error:
+            yield path, f"template error: {error}"
+
+
+@lru_cache(maxsize=4096)
+def _template_error(text: str) -> str | None:
+    """Jinja's complaint about a template, if any (text without braces needs no parse)."""
+    if "{" not in text:
+        return None
+    try:
+        _JINJA.parse(text)
+    except TemplateSyntaxError as exc:
+        return exc.message or "invalid template"
+    return None
 
 
 def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterable[tuple[Path_, str]]:

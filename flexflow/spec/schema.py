@@ -9,11 +9,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from flexflow.contract import wire
 from flexflow.contract.params import FLUX_PARAMS
-from flexflow.contract.schema import DRAFT, flux_params_schema, param_schema
+from flexflow.contract.schema import DRAFT, SchemaChecker, flux_params_schema, param_schema
 
 SCHEMA_ID = "urn:flexflow:schema:spec-v1"
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -22,7 +20,7 @@ DAG_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"  # Airflow's key rule, ASCII only
 DURATION_PATTERN = (
     r"^(?:(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+|P(?!$)(?:\d+D)?(?:T(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$"
 )
-HTTPS_URL_PATTERN = r"^https://[^\s/$.?#][^\s]*$"
+HTTPS_URL_PATTERN = r"^https://[^\s/?#.][^\s]*$"
 PLACEHOLDERS = ("image", "variant", "ext", "job_id")
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
@@ -172,5 +170,5 @@ def spec_schema() -> dict[str, Any]:
 
 
 @cache
-def spec_validator() -> Draft202012Validator:
-    return Draft202012Validator(spec_schema())
+def spec_checker() -> SchemaChecker:
+    return SchemaChecker(spec_schema())
