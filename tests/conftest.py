@@ -31,6 +31,7 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
     ]
 )
 os.environ.pop("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", None)
+os.environ["FLEXFLOW_CACHE_DIR"] = str(AIRFLOW_HOME / "flexflow-spec-cache")
 
 #: The API key of Airflow tests: distinctive, so a test can prove it never lands anywhere.
 SECRET_KEY = "afk_live_7Q2xTEST_SECRET_do_not_leak_9f3b"

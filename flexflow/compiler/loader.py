@@ -9,11 +9,13 @@ in a fresh process, so an in-memory cache would not survive).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from airflow.sdk import DAG, get_parsing_context
 
 from flexflow.compiler.dag import compile_broken, compile_spec
+from flexflow.spec.cache import SpecCache
 from flexflow.spec.loader import find_spec_files, lenient_dag_id, load_folder
 
 SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
@@ -31,8 +33,14 @@ def load_dags(folder: Path) -> dict[str, DAG]:
     if wanted:
         # A task is running: compile only its spec (fall back to all if no file claims the id).
         files = [f for f in files if lenient_dag_id(f) == wanted] or files
-    result = load_folder(files)
-    dags = {spec.dag_id: compile_spec(spec) for spec in result.specs}
+    return compile_files(files)
+
+
+def compile_files(files: list[Path], connection_id: str | None = None) -> dict[str, DAG]:
+    """DAGs of the given spec files (``connection_id`` replaces the specs' own, for ``flexflow run``)."""
+    result = load_folder(files, SpecCache())
+    specs = [replace(s, connection_id=connection_id) if connection_id else s for s in result.specs]
+    dags = {spec.dag_id: compile_spec(spec) for spec in specs}
     for dag_id, problems in result.broken.items():
         broken_id = dag_id if dag_id not in dags else f"{dag_id}__invalid"
         dags[broken_id] = compile_broken(broken_id, problems)

@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from flexflow.client.errors import FlexflowError
 from flexflow.spec import model
+from flexflow.spec.cache import SpecCache
 from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import PLACEHOLDERS, SCHEDULE_PRESETS, spec_checker
 from flexflow.spec.yaml_source import Positions, YamlProblem, load
@@ -60,8 +61,14 @@ class SpecError(FlexflowError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def parse_spec(text: str, file: str = "<spec>") -> model.Spec:
-    """A validated :class:`Spec` from YAML text, or :class:`SpecError` with every problem of the text."""
+def parse_spec(text: str, file: str = "<spec>", cache: SpecCache | None = None) -> model.Spec:
+    """A validated :class:`Spec` from YAML text, or :class:`SpecError` with every problem of the text.
+
+    With a cache, a text validated before is not validated again (see :mod:`flexflow.spec.cache`).
+    """
+    cached = cache.get(text) if cache else None
+    if cached is not None:
+        return _build(cached, text, file)
     try:
         data, positions = load(text)
     except YamlProblem as exc:
@@ -78,7 +85,10 @@ def parse_spec(text: str, file: str = "<spec>") -> model.Spec:
         found.setdefault(path, _Problem(path, message))
     if found:
         raise SpecError([_locate(file, positions, p.path, p.message) for p in found.values()])
-    return _build(data, text, file)
+    spec = _build(data, text, file)
+    if cache:
+        cache.put(text, data)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ def dotted_path(path: Path_) -> str:
     return text
 
 
-def load_spec(path: str | Path) -> model.Spec:
+def load_spec(path: str | Path, cache: SpecCache | None = None) -> model.Spec:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -113,7 +123,7 @@ def load_spec(path: str | Path) -> model.Spec:
         raise SpecError([SpecProblem(str(file), 1, 1, "the file is not UTF-8 text")]) from None
     except OSError as exc:
         raise SpecError([SpecProblem(str(file), 1, 1, f"cannot read the file: {exc.strerror or exc}")]) from None
-    return parse_spec(text, str(file))
+    return parse_spec(text, str(file), cache)
 
 
 # -- messages for schema errors ----------------------------------------------------------------
@@ -351,7 +361,7 @@ class FolderResult:
     broken: Mapping[str, tuple[SpecProblem, ...]]
 
 
-def load_folder(paths: Iterable[str | Path]) -> FolderResult:
+def load_folder(paths: Iterable[str | Path], cache: SpecCache | None = None) -> FolderResult:
     """Load every spec; a broken file never hides the others. Duplicate dag_ids fail in every file."""
     specs: list[model.Spec] = []
     broken: dict[str, list[SpecProblem]] = {}
@@ -360,7 +370,7 @@ def load_folder(paths: Iterable[str | Path]) -> FolderResult:
             broken.setdefault(file.stem, []).append(SpecProblem(str(file), 1, 1, "no such file"))
             continue
         try:
-            specs.append(load_spec(file))
+            specs.append(load_spec(file, cache))
         except SpecError as exc:
             broken.setdefault(lenient_dag_id(file), []).extend(exc.problems)
     by_id: dict[str, list[model.Spec]] = {}
