@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment (when needed) and run a project command in it.
 
-    python3 dev.py demo        the main job
+    python3 dev.py run         the main job: an example spec, end to end through Airflow
     python3 dev.py test        the test suite (what CI runs)
     python3 dev.py lock        re-resolve requirements.lock after changing pyproject.toml
 
@@ -89,7 +89,7 @@ def ensure_venv_python_only() -> None:
 
 
 COMMANDS = {
-    "demo": ["-m", "flexflow.cli", "demo"],
+    "run": ["-m", "flexflow.cli", "run", "specs/spring_social_refresh.yaml"],
     "test": ["-m", "pytest"],
 }
 

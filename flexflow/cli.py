@@ -1,29 +1,27 @@
-"""The ``flexflow`` command: validate, schema, plan, emulator, demo."""
+"""The ``flexflow`` command: validate, schema, plan, run, emulator."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
 from flexflow import __version__
-from flexflow.client import FlexflowError, FluxClient
+from flexflow.client import FlexflowError
 from flexflow.compiler.layout import task_layout
-from flexflow.contract import MODEL_ID, apply_defaults, output_size
+from flexflow.contract import output_size
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
-from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
-from flexflow.publishing.download import download_image
 from flexflow.spec import SpecError, find_spec_files, load_folder, load_spec, spec_schema
 from flexflow.spec.report import render_json, render_text, use_color
 
-DEMO_PROMPT = "Spring sale hero banner, bold type, pastel palette"
+DEFAULT_HOME = Path(".flexflow/airflow-home")
+
 #: Black Forest Labs' FLUX.2 [flex] price: about $0.05 per started megapixel.
 DEFAULT_PRICE_PER_MEGAPIXEL = Decimal("0.05")
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -122,33 +120,6 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Start the emulator, submit one job through the client, wait for it and store the image."""
-    config = EmulatorConfig(queue_seconds=0.5, processing_seconds=1.5)
-    flux = {"resolution": "1MP", "aspect_ratio": "16:9", "output_format": "png", "seed": 42}
-    with EmulatorServer(config) as emulator, FluxClient(emulator.url, DEFAULT_TEST_KEY) as client:
-        print(f"emulator listening on {emulator.url}")
-        job_id = client.submit({"prompt": args.prompt, "model": MODEL_ID, "fluxParams": flux}, "flexflow-demo")
-        print(f"submitted job {job_id}")
-        job = client.get_job(job_id)
-        while not job.is_terminal:
-            time.sleep(0.5)
-            job = client.get_job(job_id)
-            print(f"  {job.status.value} {job.progress or 0}%")
-        if not job.result_urls:
-            print(f"job ended {job.status.value}: {job.error}", file=sys.stderr)
-            return 1
-        params = apply_defaults(flux)
-        image = download_image(
-            job.result_urls[0], expected_format=str(params["output_format"]), expected_size=output_size(params)
-        )
-    target = Path(args.out) / f"{job_id}.{image.format}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(image.data)
-    print(f"image ({image.width}x{image.height}, {image.size_bytes:,} bytes, sha256 {image.sha256[:12]}) -> {target}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexflow", description="YAML specs -> Airflow DAGs generating Flux 2 Flex images"
@@ -180,11 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_emulator_arguments(emulator)
     emulator.set_defaults(handler=serve)
 
-    demo = commands.add_parser("demo", help="submit one job to an in-process emulator and store the image")
-    demo.add_argument("--prompt", default=DEMO_PROMPT)
-    demo.add_argument("--out", default="out/demo", help="folder for the image (default out/demo)")
-    demo.set_defaults(handler=_demo)
+    run = commands.add_parser("run", help="run a spec's DAG once through Airflow, end to end")
+    run.add_argument("spec", metavar="SPEC")
+    run.add_argument(
+        "--connection",
+        metavar="ID",
+        help="use this Airflow connection (type apiframe) instead of the embedded emulator",
+    )
+    run.add_argument(
+        "--home", default=str(DEFAULT_HOME), help=f"private AIRFLOW_HOME for the run (default {DEFAULT_HOME})"
+    )
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not Path(args.spec).is_file():
+        print(f"flexflow run: no such spec file: {args.spec}", file=sys.stderr)
+        return EXIT_USAGE
+    from flexflow.run import run  # imports Airflow: only for this command
+
+    return run(args)
 
 
 def _price(text: str) -> str:

@@ -336,8 +336,13 @@ def test_connection_host_is_the_base_url(
 
 def test_a_connection_without_key_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps({"conn_type": "apiframe"}))
-    with pytest.raises(ValueError, match="password field \\(shown as 'API key'\\)"):
+    with pytest.raises(AirflowFailException, match="password field \\(shown as 'API key'\\)"):
         FluxHook("flux_test").settings()
+
+
+def test_a_missing_connection_fails_the_task_without_retries(airflow_db: Path) -> None:
+    with pytest.raises(AirflowFailException, match="airflow connections add nowhere --conn-type apiframe"):
+        FluxHook("nowhere").settings()
 
 
 def test_hook_masks_the_key(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:

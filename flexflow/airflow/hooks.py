@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 
 from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
@@ -87,7 +88,19 @@ class FluxHook(BaseHook):
         self.apiframe_conn_id = apiframe_conn_id
 
     def settings(self) -> ApiSettings:
-        return ApiSettings.from_connection(self.get_connection(self.apiframe_conn_id))
+        """The connection's settings; a missing or keyless connection fails the task at once.
+
+        Retrying cannot fix a configuration error, and every retry of a submit task would wait
+        its retry delay for nothing.
+        """
+        try:
+            return ApiSettings.from_connection(self.get_connection(self.apiframe_conn_id))
+        except (AirflowNotFoundException, ValueError) as exc:
+            raise AirflowFailException(
+                f"the Apiframe connection '{self.apiframe_conn_id}' is not usable: {exc}. Create it with "
+                f"`airflow connections add {self.apiframe_conn_id} --conn-type apiframe --conn-host <base URL> "
+                "--conn-password <API key>` (or an AIRFLOW_CONN_* variable / secrets backend)"
+            ) from None
 
     async def asettings(self) -> ApiSettings:
         """The settings, read without blocking the event loop (for triggers)."""

@@ -182,5 +182,3 @@ class _Builder:
         if isinstance(value, dt.datetime | dt.date):
             return value.isoformat()
         return value
-
-
