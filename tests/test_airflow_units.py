@@ -16,10 +16,11 @@ from flexflow.airflow import polling
 from flexflow.airflow.hooks import ApiSettings, FluxHook
 from flexflow.airflow.links import JOB_LINK_XCOM_KEY
 from flexflow.airflow.operators import JOB_STATE_KEY, FluxFlexOperator, idempotency_key
-from flexflow.airflow.polling import PollSchedule, job_result
+from flexflow.airflow.polling import job_result
 from flexflow.airflow.sensors import FluxJobSensor
 from flexflow.airflow.triggers import FluxJobTrigger, shared_clients
 from flexflow.client import FluxClient
+from flexflow.client.polling import PollSchedule
 from flexflow.emulator import EmulatorServer
 from tests.conftest import SECRET_KEY, flux_request
 

@@ -14,15 +14,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.airflow.hooks import DEFAULT_CONN_ID, FluxHook
 from flexflow.airflow.links import JOB_LINK_XCOM_KEY, ApiframeJobLink
-from flexflow.airflow.polling import (
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_POLL_INTERVAL,
-    PollSchedule,
-    default_deferrable,
-    job_result,
-)
+from flexflow.airflow.polling import default_deferrable, job_result
 from flexflow.airflow.triggers import FluxJobTrigger
 from flexflow.client import FluxClient, JobNotFound
+from flexflow.client.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollSchedule
 from flexflow.client.requests import generation_request
 from flexflow.contract.schema import validate_request
 from flexflow.contract.wire import JobStatus

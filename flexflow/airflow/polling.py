@@ -1,15 +1,8 @@
-"""How often to ask for a job's status, and what a finished job means for the task.
-
-One schedule serves the trigger, the operator's blocking wait and nothing else: it starts at
-``poll_interval`` and grows by half each time, capped at 5 s while a job is young (Apiframe
-quotes 10..60 s per generation; completion should be seen within seconds), then at
-``max_poll_interval`` once the job has run for a minute (a long job should not cost many polls).
-"""
+"""What a finished job means for the task, and whether to wait in the triggerer by default."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk.configuration import conf
@@ -17,26 +10,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from flexflow.contract.wire import JobStatus
 
-DEFAULT_POLL_INTERVAL = 2.0
-DEFAULT_MAX_POLL_INTERVAL = 30.0
-YOUNG_JOB_SECONDS = 60.0
-YOUNG_JOB_CAP = 5.0
-GROWTH = 1.5
-
 #: Event statuses beyond the API's job statuses.
 TIMEOUT = "TIMEOUT"
 ERROR = "ERROR"
-
-
-@dataclass(frozen=True)
-class PollSchedule:
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
-
-    def interval(self, polls_done: int, job_age: float) -> float:
-        """Seconds to wait before the next poll, after ``polls_done`` polls of a job ``job_age`` s old."""
-        cap = YOUNG_JOB_CAP if job_age < YOUNG_JOB_SECONDS else self.max_poll_interval
-        return min(max(cap, self.poll_interval), self.poll_interval * GROWTH**polls_done)
 
 
 def default_deferrable() -> bool:

@@ -12,8 +12,9 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from flexflow.airflow.hooks import DEFAULT_CONN_ID, FluxHook
 from flexflow.airflow.links import JOB_LINK_XCOM_KEY, ApiframeJobLink
 from flexflow.airflow.operators import DEFAULT_JOB_TIMEOUT
-from flexflow.airflow.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, default_deferrable, job_result
+from flexflow.airflow.polling import default_deferrable, job_result
 from flexflow.airflow.triggers import FluxJobTrigger
+from flexflow.client.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -12,8 +12,9 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from flexflow.airflow.hooks import FluxHook
-from flexflow.airflow.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, ERROR, TIMEOUT, PollSchedule
+from flexflow.airflow.polling import ERROR, TIMEOUT
 from flexflow.client import ApiError, AsyncFluxClient, AuthenticationFailed, Job
+from flexflow.client.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollSchedule
 
 STALE_CLIENT_GRACE = 60.0
 

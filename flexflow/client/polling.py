@@ -1,0 +1,28 @@
+"""How often to ask for a job's status.
+
+The schedule starts at ``poll_interval`` and grows by half each time, capped at 5 s while a job
+is young (Apiframe quotes 10..60 s per generation; completion should be seen within seconds),
+then at ``max_poll_interval`` once the job has run for a minute (a long job should not cost many
+polls). The trigger and the operator's blocking wait both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_POLL_INTERVAL = 2.0
+DEFAULT_MAX_POLL_INTERVAL = 30.0
+YOUNG_JOB_SECONDS = 60.0
+YOUNG_JOB_CAP = 5.0
+GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
+
+    def interval(self, polls_done: int, job_age: float) -> float:
+        """Seconds to wait before the next poll, after ``polls_done`` polls of a job ``job_age`` s old."""
+        cap = YOUNG_JOB_CAP if job_age < YOUNG_JOB_SECONDS else self.max_poll_interval
+        return min(max(cap, self.poll_interval), self.poll_interval * GROWTH**polls_done)
