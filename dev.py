@@ -77,6 +77,8 @@ def lock() -> None:
         PYTHON_VERSION,
         "--extra",
         "dev",
+        "--extra",
+        "deploy",
         "--output-file",
         LOCK,
         "pyproject.toml",
