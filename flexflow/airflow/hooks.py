@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ from airflow.sdk.log import mask_secret
 
 from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
 from flexflow.client._calls import ApiKey
+from flexflow.client.hosts import is_loopback
 from flexflow.contract.wire import PRODUCTION_BASE_URL, job_path
 
 DEFAULT_CONN_ID = "apiframe_default"
@@ -62,17 +62,8 @@ def _base_url(conn: Connection) -> str:
         return PRODUCTION_BASE_URL
     if "://" in host:
         return host
-    scheme = "http" if _is_loopback(host) else "https"
+    scheme = "http" if is_loopback(host) else "https"
     return f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class FluxHook(BaseHook):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import uuid
@@ -20,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flexflow.client.hosts import is_loopback
 from flexflow.contract import webhooks, wire
 from flexflow.contract.schema import validate_request
 from flexflow.contract.wire import JobStatus
@@ -228,7 +228,7 @@ class _Api:
     async def _deliver_webhooks(self, job: JobRecord, api_key: str, base_url: str) -> None:
         url = job.body[wire.WEBHOOK_URL_FIELD]
         events = job.body.get(wire.WEBHOOK_EVENTS_FIELD) or list(wire.DEFAULT_WEBHOOK_EVENTS)
-        if not _is_loopback(url):
+        if not is_loopback(urlsplit(url).hostname or ""):
             log.warning("webhook target %s is not on loopback; the emulator only delivers locally", url)
             job.webhook_status = "failed"
             return
@@ -271,16 +271,6 @@ class _Api:
                 log.warning("webhook %s to %s failed: %s", event["event"], url, exc)
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.2 * 2**attempt)
-        return False
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
         return False
 
 
