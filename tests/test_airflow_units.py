@@ -296,7 +296,7 @@ async def test_triggers_share_one_client_per_loop_and_close_it(
 def test_poll_schedule_grows_and_caps() -> None:
     schedule = PollSchedule(poll_interval=2.0, max_poll_interval=30.0)
     waits = [schedule.interval(n, job_age=10.0) for n in range(6)]
-    assert waits == [2.0, 3.0, 4.5, 5.0, 5.0, 5.0]
+    assert waits == [2.0, 3.0, 4.5, 4.5, 4.5, 4.5]
     assert schedule.interval(10, job_age=120.0) == 30.0
     assert PollSchedule(poll_interval=10.0).interval(0, job_age=0) == 10.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,10 @@ from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
 from flexflow.client._calls import ApiKey
 from flexflow.client.hosts import is_loopback
 from flexflow.contract.wire import PRODUCTION_BASE_URL, job_path
+
+# httpx2 logs every request at INFO: a thousand waiting jobs would fill the task logs with polls.
+# (Airflow quiets httpx the same way.) flexflow logs what matters: submits, transitions, retries.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 DEFAULT_CONN_ID = "apiframe_default"
 DEFAULT_REQUEST_TIMEOUT = 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -14,6 +15,7 @@ from flexflow.airflow.links import JOB_LINK_XCOM_KEY, ApiframeJobLink
 from flexflow.airflow.operators import DEFAULT_JOB_TIMEOUT
 from flexflow.airflow.polling import default_deferrable, job_result
 from flexflow.airflow.triggers import FluxJobTrigger
+from flexflow.client import FluxClient
 from flexflow.client.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
 
 if TYPE_CHECKING:
@@ -60,7 +62,11 @@ class FluxJobSensor(BaseSensorOperator):
         settings = FluxHook(self.apiframe_conn_id).settings()
         context["ti"].xcom_push(key=JOB_LINK_XCOM_KEY, value=settings.link_for(self.job_id))
         if not self.deferrable:
-            return super().execute(context)
+            try:
+                return super().execute(context)
+            finally:
+                if "_client" in vars(self):
+                    self._client.close()
         self.defer(
             trigger=FluxJobTrigger(
                 self.job_id,
@@ -73,9 +79,13 @@ class FluxJobSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout + 60),  # the trigger fires its own timeout first
         )
 
+    @cached_property
+    def _client(self) -> FluxClient:
+        """One client for all pokes of a try (a client's TLS setup is not free)."""
+        return FluxHook(self.apiframe_conn_id).get_conn()
+
     def poke(self, context: Context) -> PokeReturnValue:
-        with FluxHook(self.apiframe_conn_id).get_conn() as client:
-            job = client.get_job(self.job_id)
+        job = self._client.get_job(self.job_id)
         self.log.info(
             "job %s is %s (progress %s%%, x-request-id %s)", job.id, job.status.value, job.progress, job.request_id
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Mapping
+from functools import cache
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -18,6 +20,20 @@ T = TypeVar("T")
 
 #: The official SDK waits 60 s for a response; connecting should take far less.
 DEFAULT_TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
+#: A bounded pool: httpx2's default has no limit, and with a thousand triggers polling through one
+#: client the pool grew to hundreds of connections whose bookkeeping stalled the event loop for
+#: over a second. Idle connections live 30 s so they outlast the gaps between polls.
+DEFAULT_LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
+
+
+@cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    return httpx2.create_ssl_context()
+
+
+def _verify(base_url: str) -> ssl.SSLContext | bool:
+    """One TLS context per process (loading the CA bundle costs ~25 ms); none for plain http."""
+    return _shared_ssl_context() if base_url.startswith("https://") else False
 
 
 class FluxClient:
@@ -33,7 +49,9 @@ class FluxClient:
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
         self._calls = ApiCalls(base_url, api_key, retry or RetryPolicy())
-        self._http = httpx2.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._http = httpx2.Client(
+            timeout=timeout, transport=transport, follow_redirects=False, verify=_verify(base_url)
+        )
 
     def __repr__(self) -> str:
         return f"FluxClient(base_url={self._calls.base_url!r})"
@@ -95,7 +113,11 @@ class AsyncFluxClient:
     ) -> None:
         self._calls = ApiCalls(base_url, api_key, retry or RetryPolicy())
         self._http = httpx2.AsyncClient(
-            timeout=timeout, transport=transport, follow_redirects=False, limits=limits or httpx2.Limits()
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            limits=limits or DEFAULT_LIMITS,
+            verify=_verify(base_url),
         )
 
     def __repr__(self) -> str:
