@@ -16,7 +16,7 @@ from airflow.sdk import DAG, get_parsing_context
 
 from flexflow.compiler.dag import compile_broken, compile_spec
 from flexflow.spec.cache import SpecCache
-from flexflow.spec.loader import find_spec_files, lenient_dag_id, load_folder
+from flexflow.spec.loader import claimed_dag_id, find_spec_files, load_folder
 
 SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
 
@@ -31,8 +31,12 @@ def load_dags(folder: Path) -> dict[str, DAG]:
     files = find_spec_files([folder]) if folder.exists() else []
     wanted = get_parsing_context().dag_id
     if wanted:
-        # A task is running: compile only its spec (fall back to all if no file claims the id).
-        files = [f for f in files if lenient_dag_id(f) == wanted] or files
+        # A task is running: compile only the files that may define its DAG. A file whose dag_id
+        # is not on a plain `dag_id:` line might, so it stays; if no file claims the id (say,
+        # `<id>__invalid`), all stay, so the worker builds exactly the DAG the scheduler has.
+        claimed = {file: claimed_dag_id(file) for file in files}
+        if wanted in claimed.values():
+            files = [file for file, dag_id in claimed.items() if dag_id in (wanted, None)]
     return compile_files(files)
 
 

@@ -18,7 +18,14 @@ MAGIC = {"jpg": (b"\xff\xd8\xff",), "png": (b"\x89PNG\r\n\x1a\n",), "webp": (b"R
 
 
 class DownloadError(FlexflowError):
-    """A result could not be downloaded, or is not the image that was asked for."""
+    """A result could not be downloaded, or is not the image that was asked for.
+
+    ``permanent`` when asking again cannot help (the result is gone, or is not an image).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,9 @@ def _fetch(http: httpx2.Client, url: str, max_bytes: int) -> bytes:
     try:
         with http.stream("GET", url) as response:
             if response.status_code != 200:
-                hint = " (the result has expired or was purged)" if response.status_code in (403, 404, 410) else ""
-                raise DownloadError(f"downloading {url} answered {response.status_code}{hint}")
+                gone = response.status_code in (403, 404, 410)
+                hint = " (the result has expired or was purged)" if gone else ""
+                raise DownloadError(f"downloading {url} answered {response.status_code}{hint}", permanent=gone)
             buffer = bytearray()
             for chunk in response.iter_bytes():
                 buffer.extend(chunk)
@@ -69,7 +77,7 @@ def _fetch(http: httpx2.Client, url: str, max_bytes: int) -> bytes:
                     raise DownloadError(f"{url} is larger than the {max_bytes:,}-byte limit; refusing it")
             return bytes(buffer)
     except httpx2.TooManyRedirects as exc:
-        raise DownloadError(f"downloading {url} was redirected more than {MAX_REDIRECTS} times") from exc
+        raise DownloadError(f"downloading {url} was redirected more than {http.max_redirects} times") from exc
     except httpx2.HTTPError as exc:
         raise DownloadError(f"downloading {url} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -79,7 +87,8 @@ def check_image(url: str, data: bytes, expected_format: str, expected_size: tupl
     if not data.startswith(MAGIC[expected_format]) or (expected_format == "webp" and data[8:12] != b"WEBP"):
         raise DownloadError(
             f"{url} is not a {expected_format} image (it starts with {data[:16]!r}); "
-            "the result URL served something else, such as an error page"
+            "the result URL served something else, such as an error page",
+            permanent=True,
         )
     try:
         with Image.open(io.BytesIO(data)) as image:

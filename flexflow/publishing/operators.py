@@ -71,7 +71,10 @@ class PublishImageOperator(BaseOperator):
             try:
                 image = download_image(url, expected_format=flux["output_format"], expected_size=output_size(flux))
             except DownloadError as exc:
-                raise DownloadError(f"{exc} (job {self.job['id']}, image {self.image}{variant})") from exc
+                where = f"{exc} (job {self.job['id']}, image {self.image}{variant})"
+                if exc.permanent:  # retrying the download cannot bring the result back
+                    raise AirflowFailException(f"{where}; clear the submit task to generate it again") from exc
+                raise DownloadError(where) from exc
             name = self.filename.format(image=self.image, variant=variant, ext=image.format, job_id=self.job["id"])
             if len(urls) > 1:
                 stem, dot, ext = name.rpartition(".")

@@ -394,10 +394,15 @@ def load_folder(paths: Iterable[str | Path], cache: SpecCache | None = None) -> 
 _DAG_ID_LINE = re.compile(r"^dag_id:\s*['\"]?([A-Za-z0-9_.-]+)", re.MULTILINE)
 
 
-def lenient_dag_id(file: Path) -> str:
-    """The dag_id a broken file meant, read without YAML, so the broken DAG shows under its own name."""
+def claimed_dag_id(file: Path) -> str | None:
+    """The dag_id a file states on a plain ``dag_id: x`` line, read without YAML; None if none is."""
     try:
         match = _DAG_ID_LINE.search(file.read_text(encoding="utf-8", errors="replace"))
     except OSError:
-        match = None
-    return match.group(1) if match else file.stem
+        return None
+    return match.group(1) if match else None
+
+
+def lenient_dag_id(file: Path) -> str:
+    """The dag_id a broken file meant, so the broken DAG shows under its own name (else the file's stem)."""
+    return claimed_dag_id(file) or file.stem

@@ -1,0 +1,15 @@
+"""DAGs of the publishing tests (tests/test_publishing.py): the specs in tests/specs/publish, compiled by
+flexflow's DAG-folder loader exactly as a deployment's DAG file would ("airflow" and "dag" are named here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import DAG
+
+from flexflow.compiler.loader import load_dags
+
+SPECS = Path(__file__).resolve().parent.parent / "specs" / "publish"
+
+DAGS: dict[str, DAG] = load_dags(SPECS)
+globals().update(DAGS)

@@ -1,0 +1,397 @@
+"""Publishing: downloads are checked before anyone trusts them, files appear whole or not at all, and a
+run that did not publish everything says so (no manifest, no Asset event)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.server
+import io
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from airflow.sdk import ObjectStoragePath
+from PIL import Image
+
+from flexflow.client import FluxClient
+from flexflow.contract import apply_defaults, output_size
+from flexflow.emulator import EmulatorServer
+from flexflow.publishing.download import MAX_REDIRECTS, DownloadError, download_image
+from flexflow.publishing.operators import MANIFEST_NAME
+from flexflow.publishing.store import write_atomic
+from flexflow.spec.cache import CACHE_DIR_ENV
+from tests.airflow_helpers import load_module, rows, task_states, xcom
+from tests.conftest import ROOT, flux_request
+
+PUBLISH_ROOT = Path("/tmp/flexflow-test-publish")
+
+
+def finished_job(client: FluxClient, key: str, **flux: Any) -> tuple[str, dict[str, Any]]:
+    """Submit one job to the emulator; its first result URL and its full flux params."""
+    flux = {"resolution": "0.5MP", "output_format": "png", "seed": 3, **flux}
+    job = client.get_job(client.submit(flux_request(**flux), key))
+    assert job.result_urls, job
+    return job.result_urls[0], apply_defaults(flux)
+
+
+def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- download_image over the emulator ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_a_good_result_downloads_and_is_checked(client: FluxClient, fmt: str) -> None:
+    url, flux = finished_job(client, f"good-{fmt}", output_format=fmt)
+    image = download_image(url, expected_format=fmt, expected_size=output_size(flux))
+    assert (image.width, image.height) == output_size(flux)
+    assert image.format == fmt
+    assert image.sha256 == hashlib.sha256(image.data).hexdigest()
+    assert image.size_bytes == len(image.data) > 0
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_an_html_page_instead_of_the_image_is_rejected(client: FluxClient, emulator: EmulatorServer, fmt: str) -> None:
+    emulator.faults.add({"fault": "wrong_content_type", "count": 1})
+    url, flux = finished_job(client, f"html-{fmt}", output_format=fmt)
+    with pytest.raises(DownloadError, match=rf"is not a {fmt} image .*such as an error page") as caught:
+        download_image(url, expected_format=fmt, expected_size=output_size(flux))
+    assert "<html>" in str(caught.value), "the message shows what was served instead"
+
+
+@pytest.mark.parametrize("fault", ["expired_result", "missing_result"])
+def test_a_result_that_is_gone_is_a_404_that_says_so(client: FluxClient, emulator: EmulatorServer, fault: str) -> None:
+    emulator.faults.add({"fault": fault, "count": 1})
+    url, flux = finished_job(client, fault)
+    with pytest.raises(DownloadError, match=r"answered 404 \(the result has expired or was purged\)"):
+        download_image(url, expected_format="png", expected_size=output_size(flux))
+
+
+def test_a_result_of_another_pixel_size_is_rejected(client: FluxClient) -> None:
+    url, flux = finished_job(client, "size")
+    width, height = output_size(flux)
+    with pytest.raises(DownloadError, match=rf"is {width}x{height}; expected {width + 1}x{height}"):
+        download_image(url, expected_format="png", expected_size=(width + 1, height))
+
+
+def test_a_result_of_another_format_is_rejected(client: FluxClient) -> None:
+    url, _ = finished_job(client, "format", output_format="png")
+    with pytest.raises(DownloadError, match="is not a jpg image"):
+        download_image(url, expected_format="jpg")
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "s3://bucket/a.png", "/tmp/a.png", "HTTP//x"]
+)
+def test_only_http_urls_are_fetched(url: str) -> None:
+    with pytest.raises(DownloadError, match="is not http\\(s\\); refusing to fetch it"):
+        download_image(url, expected_format="png")
+
+
+def test_a_body_over_the_byte_limit_is_refused(client: FluxClient) -> None:
+    url, flux = finished_job(client, "big")
+    size = download_image(url, expected_format="png").size_bytes
+    assert download_image(url, expected_format="png", max_bytes=size).size_bytes == size, "the limit is inclusive"
+    with pytest.raises(DownloadError, match=f"larger than the {size - 1:,}-byte limit"):
+        download_image(url, expected_format="png", expected_size=output_size(flux), max_bytes=size - 1)
+    with pytest.raises(DownloadError, match="larger than the 100-byte limit"):
+        download_image(url, expected_format="png", max_bytes=100)
+
+
+def test_a_server_error_is_a_download_error(client: FluxClient, emulator: EmulatorServer) -> None:
+    url, _ = finished_job(client, "503")
+    emulator.faults.add({"fault": "http_503", "count": 1, "route": "file"})
+    with pytest.raises(DownloadError, match=r"answered 503$"):
+        download_image(url, expected_format="png")
+    assert download_image(url, expected_format="png").format == "png", "the next try works"
+
+
+# -- redirects (the emulator never redirects) ----------------------------------------------------
+
+
+def redirecting_client(hops_before_image: int | None, seen: list[str]) -> httpx2.Client:
+    """A client whose server redirects ``hops_before_image`` times then serves a png (None: forever)."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(str(request.url))
+        hop = int(request.url.params.get("hop", "0"))
+        if hops_before_image is None or hop < hops_before_image:
+            return httpx2.Response(302, headers={"Location": f"https://cdn.example.com/r.png?hop={hop + 1}"})
+        return httpx2.Response(200, content=png_bytes(), headers={"Content-Type": "image/png"})
+
+    return httpx2.Client(transport=httpx2.MockTransport(handler), follow_redirects=True, max_redirects=MAX_REDIRECTS)
+
+
+def test_redirects_are_followed_up_to_the_limit() -> None:
+    seen: list[str] = []
+    with redirecting_client(MAX_REDIRECTS, seen) as http:
+        image = download_image(
+            "https://cdn.example.com/r.png", expected_format="png", expected_size=(8, 8), client=http
+        )
+    assert image.width == 8
+    assert len(seen) == MAX_REDIRECTS + 1
+
+
+def test_too_many_redirects_are_refused() -> None:
+    seen: list[str] = []
+    with redirecting_client(None, seen) as http, pytest.raises(DownloadError, match="redirected more than 3 times"):
+        download_image("https://cdn.example.com/r.png", expected_format="png", client=http)
+    assert len(seen) == MAX_REDIRECTS + 1, "it stopped after the limit, it did not loop"
+
+
+class _RedirectForever(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.hits += 1  # type: ignore[attr-defined]
+        self.send_response(302)
+        self.send_header("Location", f"/again/{self.server.hits}")  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_default_client_refuses_a_redirect_loop() -> None:
+    """Without a client given, download_image's own client (the production path) caps redirects."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RedirectForever)
+    server.hits = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DownloadError, match=f"redirected more than {MAX_REDIRECTS} times"):
+            download_image(f"http://127.0.0.1:{server.server_port}/start.png", expected_format="png")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.hits == MAX_REDIRECTS + 1  # type: ignore[attr-defined]
+
+
+# -- write_atomic ----------------------------------------------------------------------------------
+
+
+def storage(path: Path) -> ObjectStoragePath:
+    return ObjectStoragePath(f"file://{path}")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
+def test_write_atomic_creates_folders_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "er" / "image.png"
+    write_atomic(storage(target), b"one")
+    assert target.read_bytes() == b"one"
+    assert leftovers(target.parent) == []
+
+
+def test_overwriting_keeps_one_file_with_the_new_content(tmp_path: Path) -> None:
+    target = tmp_path / "image.png"
+    for data in (b"first", b"second, longer", b"3"):
+        write_atomic(storage(target), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]
+    assert target.read_bytes() == b"3"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "image.png"
+    write_atomic(storage(target), b"old and whole")
+    real_write_bytes = ObjectStoragePath.write_bytes
+
+    def half_then_crash(self: ObjectStoragePath, data: bytes) -> int:
+        real_write_bytes(self, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ObjectStoragePath, "write_bytes", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(storage(target), b"new content that never lands")
+    assert target.read_bytes() == b"old and whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"], "the half-written temporary is gone"
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(storage(tmp_path / "fresh.png"), b"never")
+    assert not (tmp_path / "fresh.png").exists(), "a target never exists half-written"
+
+
+def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "big.png"
+    payloads = [bytes([n]) * (5 * 1024 * 1024) for n in (1, 2)]
+    seen: dict[str, int] = {"absent": 0, "whole": 0}
+    bad: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                seen["absent"] += 1
+                continue
+            if data in payloads:
+                seen["whole"] += 1
+            else:
+                bad.append(len(data))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    writes = 0
+    try:
+        # At least 12 rewrites, and on until the reader has read the file often enough (bounded).
+        while writes < 12 or (seen["whole"] < 20 and writes < 400):
+            write_atomic(storage(target), payloads[writes % 2])
+            writes += 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert bad == [], f"the reader saw partial content of these sizes: {bad[:5]}"
+    assert seen["whole"] > 0, "the reader did read the file while it was rewritten"
+    assert target.read_bytes() == payloads[(writes - 1) % 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+# -- dag.test() of compiled specs (tests/dags/flexflow_publish_test_dags.py, tests/specs/publish) -
+
+
+@pytest.fixture
+def publish_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    return load_module(ROOT / "tests/dags/flexflow_publish_test_dags.py").DAGS
+
+
+@pytest.fixture
+def run_folders() -> Iterator[list[Path]]:
+    """Folders the test's runs published into; removed afterwards."""
+    folders: list[Path] = []
+    yield folders
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_folder(kind: str, run_id: str) -> Path:
+    return PUBLISH_ROOT / kind / run_id.replace(":", "_")
+
+
+def asset_events(db: Path, dag_id: str, run_id: str) -> list[tuple[Any, ...]]:
+    return rows(db, "SELECT id, extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?", dag_id, run_id)
+
+
+class RetryTI:
+    """The task instance a retry of a publish task sees: its XComs as the first try left them."""
+
+    def __init__(self, request: dict[str, Any], map_index: int = -1) -> None:
+        self.request = request
+        self.map_index = map_index
+        self.try_number = 2
+
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int | None = None) -> Any:
+        assert key == "request"
+        return self.request
+
+
+def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    run_folders: list[Path],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dag_id = "flexflow_test_publish_partly_failed"
+    dag = publish_dags[dag_id]
+    emulator.faults.add({"fault": "fail", "count": 1})
+    dag_run = dag.test()
+    folder = run_folder("partly_failed", dag_run.run_id)
+    run_folders.append(folder)
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+    output = "".join(capfd.readouterr())
+
+    assert dag_run.state == "failed", states
+    assert states["finalize"] == ("failed", 1), "finalize ran (all_done) and failed"
+    publishes = {image: states[f"{image}.publish"][0] for image in ("first", "second")}
+    assert sorted(publishes.values()) == ["success", "upstream_failed"], states
+    [stored] = [image for image, state in publishes.items() if state == "success"]
+    [failed] = [image for image, state in publishes.items() if state != "success"]
+    assert states[f"{failed}.wait"] == ("failed", 1), "a FAILED job is not waited for again"
+
+    assert sorted(p.name for p in folder.iterdir()) == [f"{stored}.png"], "only the finished image, no manifest"
+    assert not (folder / MANIFEST_NAME).exists()
+    assert "1 of 2 images were not published, so no manifest was written and no Asset event sent" in output
+    assert f"Files this run did store:\n  file://{folder / f'{stored}.png'}" in output
+    assert asset_events(airflow_db, dag_id, dag_run.run_id) == [], "no Asset event for a half-published run"
+
+    # A retry of the publish task that did store its image rewrites the same name, nothing beside it.
+    before = (folder / f"{stored}.png").read_bytes()
+    [job] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.wait")
+    [request] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.submit", key="request")
+    [records] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.publish")
+    retry = copy.copy(dag.get_task(f"{stored}.publish"))
+    retry.job, retry.to = job, f"file://{folder}"
+    again = retry.execute({"ti": RetryTI(request)})
+    assert [r["name"] for r in again] == [r["name"] for r in records] == [f"{stored}.png"]
+    assert again[0]["sha256"] == records[0]["sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == [f"{stored}.png"], "no duplicate, no partial file"
+    assert (folder / f"{stored}.png").read_bytes() == before
+
+
+def test_a_publish_retry_after_a_failed_download_stores_each_file_once(
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    run_folders: list[Path],
+) -> None:
+    dag_id = "flexflow_test_publish_retried"
+    emulator.faults.add({"fault": "http_503", "count": 1, "route": "file"})
+    dag_run = publish_dags[dag_id].test()
+    folder = run_folder("retried", dag_run.run_id)
+    run_folders.append(folder)
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+
+    assert dag_run.state == "success", states
+    assert sorted(states[f"tile.publish[{i}]"] for i in (0, 1)) == [("success", 1), ("success", 2)]
+    names = ["tile_seed-1.png", "tile_seed-2.png"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, MANIFEST_NAME])
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert sorted(f["name"] for f in manifest["files"]) == names, "each file once in the manifest"
+    for entry in manifest["files"]:
+        assert hashlib.sha256((folder / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert len(asset_events(airflow_db, dag_id, dag_run.run_id)) == 1
+    accounting = emulator.accounting()
+    assert accounting["jobs_billed"] == 2, "the publish retry did not submit anything again"
+    assert accounting["duplicates"] == {"by_key": {}, "by_body": 0}
+
+
+def test_a_result_that_is_not_an_image_fails_publish_and_writes_no_manifest(
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    run_folders: list[Path],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dag_id = "flexflow_test_publish_wrong_content"
+    emulator.faults.add({"fault": "wrong_content_type", "count": 1})
+    dag_run = publish_dags[dag_id].test()
+    folder = run_folder("wrong_content", dag_run.run_id)
+    run_folders.append(folder)
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+    output = "".join(capfd.readouterr())
+
+    assert dag_run.state == "failed", states
+    assert states["only.wait"][0] == "success"
+    assert states["only.publish"] == ("failed", 1)
+    assert states["finalize"] == ("failed", 1)
+    assert "is not a png image" in output
+    assert "1 of 1 images were not published" in output
+    assert "Files this run did store:\n  (none)" in output
+    assert not (folder / MANIFEST_NAME).exists()
+    assert not folder.exists() or list(folder.iterdir()) == [], "nothing was stored"
+    assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
