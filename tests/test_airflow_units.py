@@ -299,6 +299,10 @@ def test_poll_schedule_grows_and_caps() -> None:
     assert waits == [2.0, 3.0, 4.5, 4.5, 4.5, 4.5]
     assert schedule.interval(10, job_age=120.0) == 30.0
     assert PollSchedule(poll_interval=10.0).interval(0, job_age=0) == 10.0
+    spreads = {PollSchedule.for_job(f"job-{n}", 2.0, 30.0).spread for n in range(200)}
+    assert len(spreads) == 200, "jobs submitted together do not poll in lockstep"
+    assert all(-0.1 <= s <= 0.1 for s in spreads)
+    assert PollSchedule.for_job("job-1", 2.0, 30.0) == PollSchedule.for_job("job-1", 2.0, 30.0), "deterministic"
 
 
 def test_job_result_needs_result_urls() -> None:

@@ -140,7 +140,7 @@ class FluxJobTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
+        schedule = PollSchedule.for_job(self.job_id, self.poll_interval, self.max_poll_interval)
         try:
             await shared_clients.acquire(self.conn_id)
         except Exception as exc:  # the connection is missing or unusable: nothing to poll with
