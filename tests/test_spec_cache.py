@@ -47,3 +47,10 @@ def test_an_unusable_cache_is_only_a_miss(tmp_path: Path) -> None:
     corrupt.put(TEXT, {"ok": True})
     next((tmp_path / "corrupt").glob("*.json")).write_text("{not json")
     assert corrupt.get(TEXT) is None
+
+
+def test_a_damaged_entry_is_validated_again(tmp_path: Path) -> None:
+    cache = SpecCache(tmp_path)
+    cache.put(TEXT, {})  # parses as JSON, but is no spec
+    assert parse_spec(TEXT, "a.yaml", cache).dag_id == "spring_social_refresh"
+    assert cache.get(TEXT)["dag_id"] == "spring_social_refresh", "the entry was rewritten"

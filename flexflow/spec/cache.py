@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,10 @@ def default_cache_dir() -> Path:
 
 
 class SpecCache:
-    """Validated spec data by content hash; any failure to read or write is a cache miss, never an error."""
+    """Validated spec data by content hash; any failure to read or write is a cache miss, never an error.
+
+    Entries skip validation, so the folder must be writable only by the user Airflow runs as.
+    """
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or default_cache_dir()
@@ -53,10 +55,11 @@ class SpecCache:
         return data if isinstance(data, dict) else None
 
     def put(self, text: str, data: dict[str, Any]) -> None:
+        entry = self._entry(text)
+        partial = entry.with_name(f"{entry.stem}.{os.getpid()}.partial")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".partial", delete=False) as handle:
-                json.dump(data, handle)
-            os.replace(handle.name, self._entry(text))
+            partial.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(partial, entry)
         except (OSError, TypeError, ValueError):
-            return
+            partial.unlink(missing_ok=True)

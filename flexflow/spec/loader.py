@@ -68,7 +68,10 @@ def parse_spec(text: str, file: str = "<spec>", cache: SpecCache | None = None) 
     """
     cached = cache.get(text) if cache else None
     if cached is not None:
-        return _build(cached, text, file)
+        try:
+            return _build(cached, text, file)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # a damaged entry: validate again, which also rewrites it
     try:
         data, positions = load(text)
     except YamlProblem as exc:
