@@ -8,6 +8,7 @@ stored: an invalid one is re-validated each time so that its problems are report
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,4 +63,5 @@ class SpecCache:
             partial.write_text(json.dumps(data), encoding="utf-8")
             os.replace(partial, entry)
         except (OSError, TypeError, ValueError):
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
