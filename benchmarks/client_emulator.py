@@ -61,33 +61,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import importlib
 import json
-import math
 import os
 import platform
 import resource
-import selectors
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from common import (
+    ROOT,
+    die_with_parent,
+    emulator_process,
+    peak_rss_bytes,
+    percentile,
+    process_cpu_seconds,
+    rss_bytes,
+    stage,
+    text_table,
+)
 
 from flexflow.contract import wire
-
-ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = ("flexflow", "httpx2", "httpx")
 BASELINE = "httpx"
@@ -106,48 +110,8 @@ LAG_PROBE_SECONDS = 0.02
 EMULATOR_BOUND_PERCENT = 90.0
 CLIENT_BOUND_LAG_MS = 50.0
 CLIENT_BUSY_PERCENT = 75.0
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 T = TypeVar("T")
-
-
-# -- measurements ------------------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_SIZE
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process image: VmHWM of /proc/self/status.
-
-    Not ``getrusage().ru_maxrss``: Linux carries the parent's peak across fork+exec into it, so a
-    client process started by a bigger supervisor would report the supervisor's peak.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of another process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
 
 
 # -- the client process ------------------------------------------------------------------------
@@ -379,60 +343,6 @@ def worker_main(config_json: str) -> int:
 # -- the supervising process -------------------------------------------------------------------
 
 
-def die_with_parent() -> None:
-    """Run in each child before exec: the kernel sends it SIGTERM when this process dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass(frozen=True)
-class Emulator:
-    url: str
-    pid: int
-
-    def accounting(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/_emulator/accounting", timeout=30) as response:
-            data: dict[str, Any] = json.load(response)
-        return data
-
-
-@contextmanager
-def emulator_process(queue_seconds: float, processing_seconds: float, timeout: float = 30.0) -> Iterator[Emulator]:
-    """``flexflow emulator`` in a child process, killed on exit whatever happens."""
-    command = [
-        sys.executable, "-m", "flexflow.cli", "emulator", "--port", "0",
-        "--queue-seconds", str(queue_seconds), "--processing-seconds", str(processing_seconds),
-    ]  # fmt: skip
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=die_with_parent
-        )
-        try:
-            yield Emulator(_listening_url(process, stderr, timeout), process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-
-def _listening_url(process: subprocess.Popen[str], stderr: IO[str], timeout: float) -> str:
-    """The URL from the one JSON line the emulator prints once it listens."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        ready = selector.select(timeout)
-    line = process.stdout.readline() if ready else ""
-    try:
-        return str(json.loads(line)["emulator"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        stderr.seek(0)
-        raise RuntimeError(f"the emulator did not start: {line!r}; its stderr:\n{stderr.read()[-2000:]}") from exc
-
-
 def run_worker(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one client process to completion and return its result."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)]
@@ -534,14 +444,7 @@ def render_table(summary: dict[str, dict[str, float]]) -> str:
                 base, value = summary[BASELINE][key], summary[variant][key]
                 row.append(f"{base / value:.2f}x" if with_ratio and value else "")
         lines.append(row)
-    widths = [max(len(r[i]) for r in [headers, *lines]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in lines)])
+    return text_table(headers, lines)
 
 
 @dataclass(frozen=True)
@@ -612,14 +515,6 @@ def bottleneck_notes(runs: list[dict[str, Any]], jobs: int, job_seconds: float) 
             )
         notes.append(note)
     return notes
-
-
-@contextmanager
-def stage(text: str) -> Iterator[None]:
-    print(f"  {text} ...", end="", flush=True)
-    started = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

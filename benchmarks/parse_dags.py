@@ -57,7 +57,6 @@ import argparse
 import json
 import os
 import pstats
-import random
 import re
 import shutil
 import statistics
@@ -69,18 +68,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
+from common import ROOT, WORDS, SpecShape, generate_specs
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flexflow.contract.params import FLUX_PARAMS, FluxParam  # noqa: E402
-from flexflow.spec.loader import load_folder  # noqa: E402
-from flexflow.spec.model import Spec, thawed  # noqa: E402
+from flexflow.spec.loader import load_folder
+from flexflow.spec.model import Spec, thawed
 
 PYTHON = sys.executable
 FLEXFLOW_DAG_FILE = ROOT / "dags" / "flexflow_dags.py"
@@ -100,118 +97,21 @@ PLAIN = "flexflow"  # the loader has no cache
 
 # -- the specs -----------------------------------------------------------------------------------
 
-WORDS = [
-    "spring", "winter", "summer", "autumn", "hero", "story", "banner", "square", "detail", "launch",
-    "aurora", "harbor", "meadow", "city", "night", "studio", "product", "social", "poster", "teaser",
-]  # fmt: skip
-TEAMS = ["brand-team", "web-shop", "product-marketing", "growth", "social"]
-PROMPTS = [
-    "Hero banner for {{ params.campaign }}, bold type, {word} palette",
-    "A {word} scene at golden hour, cinematic, shallow depth of field",
-    "Product shot of the {word} collection on a marble plinth, soft studio light",
-    "Vertical story background for {{ params.campaign }} ({word}), {{ ds }}",
-    "Flat illustration of a {word} skyline, pastel colors, no text",
-    "Winter sale banner, headline 'UP TO {{ params.discount }} OFF', {word} pine forest",
-]
 SCHEDULES = ["0 6 * * MON", "30 5 * * *", "0 */4 * * *", "15 7 1 * *", "@daily", "@weekly", "@hourly", None]
 DURATIONS = {
     "retry_delay": ["30s", "1m", "2m", "5m", "PT2M"],
     "timeout": ["10m", "15m", "20m", "30m", "1h", "1h30m", "PT10M"],
     "poll_interval": ["5s", "10s", "15s", "30s"],
 }
-
-
-def _flux_value(param: FluxParam, rng: random.Random) -> Any:
-    if param.choices:
-        return rng.choice(param.choices)
-    if param.url:
-        return f"https://assets.example.com/ref/{rng.choice(WORDS)}-{rng.randrange(100)}.jpg"
-    if param.type == "boolean":
-        return rng.random() < 0.5
-    if param.type == "number":
-        value = rng.choice(param.allowed_numbers())
-        return float(value) if value != value.to_integral_value() else int(value)
-    if param.has_range:
-        return rng.randint(int(Decimal(str(param.minimum))), int(Decimal(str(param.maximum))))
-    return rng.randrange(1, 2**31)
-
-
-def _flux(rng: random.Random, count: int) -> dict[str, Any]:
-    params = {p.name: _flux_value(p, rng) for p in rng.sample(FLUX_PARAMS, count)}
-    if "image_prompt_strength" in params and "image_prompt" not in params:
-        params["image_prompt"] = _flux_value(next(p for p in FLUX_PARAMS if p.url), rng)
-    return params
-
-
-def _variants(rng: random.Random) -> dict[str, list[Any]]:
-    candidates = [p for p in FLUX_PARAMS if p.choices or (p.type in ("number", "integer") and p.has_range)]
-    result: dict[str, list[Any]] = {}
-    for param in rng.sample(candidates, rng.choice([1, 1, 2])):
-        values: list[Any] = []
-        wanted = rng.choice([2, 3])
-        while len(values) < wanted:
-            value = _flux_value(param, rng)
-            if value not in values:
-                values.append(value)
-        result[param.name] = values
-    return result
-
-
-def _spec_data(index: int, images: int, rng: random.Random) -> dict[str, Any]:
-    schedule = rng.choice(SCHEDULES)
-    dag_id = f"bench_{index:04d}_{rng.choice(WORDS)}"
-    data: dict[str, Any] = {"version": 1, "dag_id": dag_id, "description": f"Benchmark spec {index}: {dag_id}"}
-    data["schedule"] = schedule
-    if schedule is not None:
-        data["start_date"] = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-        data["catchup"] = False
-    data["tags"] = rng.sample(WORDS, 2)
-    data["owner"] = rng.choice(TEAMS)
-    if rng.random() < 0.3:
-        data["connection_id"] = rng.choice(["apiframe_default", "apiframe_marketing"])
-    data["params"] = {"campaign": f"{rng.choice(WORDS).title()} {2026 + index % 3}", "discount": "30%"}
-    defaults: dict[str, Any] = {"flux": _flux(rng, rng.randint(1, 4)), "retries": rng.randint(0, 5)}
-    for key, choices in DURATIONS.items():
-        if rng.random() < 0.6:
-            defaults[key] = rng.choice(choices)
-    data["defaults"] = defaults
-    data["images"] = []
-    for name in rng.sample(WORDS, images):
-        image: dict[str, Any] = {"name": name, "prompt": rng.choice(PROMPTS).replace("{word}", rng.choice(WORDS))}
-        if rng.random() < 0.8:
-            image["flux"] = _flux(rng, rng.randint(1, 5))
-        if rng.random() < 0.3:
-            image["variants"] = _variants(rng)
-        if rng.random() < 0.2:
-            image["poll_interval"] = rng.choice(DURATIONS["poll_interval"])
-        if rng.random() < 0.1:
-            image["timeout"] = rng.choice(DURATIONS["timeout"])
-        if rng.random() < 0.1:
-            image["webhook_url"] = f"https://hooks.example.com/flexflow/{dag_id}"
-        data["images"].append(image)
-    remote = rng.random() < 0.3
-    publish: dict[str, Any] = {
-        "to": f"s3://assets-bucket/{dag_id}/{{{{ ds }}}}"
-        if remote
-        else f"file:///tmp/flexflow/bench/{dag_id}/{{{{ ds }}}}",
-        "filename": rng.choice(["{image}{variant}.{ext}", "{image}{variant}-{job_id}.{ext}"]),
-        "manifest": rng.random() < 0.8,
-    }
-    if remote:
-        publish["conn_id"] = "aws_assets"
-    if rng.random() < 0.3:
-        publish["asset"] = f"flexflow://assets/{dag_id}"
-    data["publish"] = publish
-    return data
-
-
-def generate_specs(folder: Path, count: int, images: int, seed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    for index in range(count):
-        text = yaml.safe_dump(_spec_data(index, images, rng), sort_keys=False, default_flow_style=None, width=120)
-        header = "# yaml-language-server: $schema=../schemas/flexflow-spec.schema.json\n"
-        (folder / f"spec_{index:04d}.yaml").write_text(header + text, encoding="utf-8")
+#: Realistic specs: every feature the compiler turns into DAG and task arguments.
+SHAPE = SpecShape(
+    description="Benchmark spec {index}: {dag_id}",
+    schedules=SCHEDULES,
+    default_durations=DURATIONS,
+    default_duration_share=0.6,
+    image_durations={"poll_interval": (0.2, DURATIONS["poll_interval"]), "timeout": (0.1, DURATIONS["timeout"])},
+    extras=True,
+)
 
 
 def validated_specs(folder: Path) -> list[Spec]:
@@ -836,7 +736,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     )
     specs_dir = work / "specs"
     started = time.perf_counter()
-    generate_specs(specs_dir, args.specs, args.images, args.seed)
+    generate_specs(specs_dir, args.specs, args.images, args.seed, SHAPE)
     specs = validated_specs(specs_dir)
     hand_file = dags_dir / "handwritten_dags.py"
     hand_file.write_text(handwritten_source(specs), encoding="utf-8")
@@ -988,7 +888,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 def _big_run(args: argparse.Namespace, bench: Bench, warm: Variant, cold: Variant, has_cache: bool) -> dict[str, Any]:
     """flexflow's loader alone on ``--big`` specs, each parse a fresh process: cold cache once, then warm."""
     folder = bench.work / "specs-big"
-    generate_specs(folder, args.big, args.images, args.seed + 1)
+    generate_specs(folder, args.big, args.images, args.seed + 1, SHAPE)
     cache_dir = bench.work / "cache-big"
     big_cold = Variant(cold.name, warm.file, warm.framework, cache_dir=cache_dir)
     big_warm = Variant(warm.name, warm.file, warm.framework, cache_dir=cache_dir)

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import itertools
 import json
@@ -79,7 +78,6 @@ import logging
 import math
 import os
 import platform
-import selectors
 import signal
 import statistics
 import subprocess
@@ -88,14 +86,26 @@ import tempfile
 import threading
 import time
 import tracemalloc
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+from common import (
+    ROOT,
+    Emulator,
+    die_with_parent,
+    emulator_process,
+    percentile,
+    process_cpu_seconds,
+    rss_bytes,
+    stage,
+    text_table,
+    vm_rss_bytes,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -103,7 +113,6 @@ if TYPE_CHECKING:
     from flexflow.airflow.sensors import FluxJobSensor
     from flexflow.airflow.triggers import FluxJobTrigger
 
-ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "afk_benchmark_triggerer_key"
 CONN_ID = "apiframe_default"
 CONN_ENV = "AIRFLOW_CONN_APIFRAME_DEFAULT"
@@ -122,9 +131,6 @@ STEADY_RSS_AT = 7.0  # s after the start: between the polls due at ~5 s and ~9.5
 SUBMIT_CONNECTIONS = 100
 #: The emulator is called the bottleneck when it was this busy (% of one core) in some 0.5 s window.
 EMULATOR_BOUND_PERCENT = 90.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 KB = 1024
 MB = 1024 * 1024
 
@@ -132,38 +138,8 @@ MB = 1024 * 1024
 # -- measurements ------------------------------------------------------------------------------
 
 
-def vm_rss_bytes() -> int:
-    """VmRSS of /proc/self/status."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KB
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def statm_rss_bytes() -> int:
-    """The same number, cheaper to read (for frequent samples)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_SIZE
-
-
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
 
 
 def epoch(iso: str | None) -> float | None:
@@ -330,7 +306,7 @@ class Samples:
         if span > 0:
             self.emulator_windows.append((emulator - last[1]) / span)
             self.own_windows.append((own - last[2]) / span)
-        self.peak_rss = max(self.peak_rss, statm_rss_bytes())
+        self.peak_rss = max(self.peak_rss, rss_bytes())
         self.peak_fds = max(self.peak_fds, open_fds())
         return now, emulator, own
 
@@ -388,14 +364,8 @@ def latency_stats(waiters: Sequence[Waiter]) -> dict[str, Any]:
     }
 
 
-def accounting(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/_emulator/accounting", timeout=60) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
-
-
-def poll_stats(url: str, job_ids: Sequence[str]) -> dict[str, Any]:
-    books = accounting(url)
+def poll_stats(emulator: Emulator, job_ids: Sequence[str]) -> dict[str, Any]:
+    books = emulator.accounting(timeout=60)
     per_job = books["polls_per_job"]
     polls = [int(per_job.get(job_id, 0)) for job_id in job_ids]
     return {
@@ -771,7 +741,7 @@ def worker_main(config_path: str) -> int:
 
         logging.getLogger("httpx2").setLevel(logging.WARNING)
     result = asyncio.run(triggers_run(config)) if config["kind"] == "triggers" else sensors_run(config)
-    result.update(poll_stats(config["url"], result.pop("job_ids")))
+    result.update(poll_stats(Emulator(config["url"], config["emulator_pid"]), result.pop("job_ids")))
     result["cpu_ms_per_poll"] = result["cpu_seconds"] / result["polls_total"] * 1000 if result["polls_total"] else 0
     result["log_lines"] = _count_lines(config.get("log_path"))
     Path(config["result_path"]).write_text(json.dumps(result))
@@ -786,58 +756,6 @@ def _count_lines(path: str | None) -> int | None:
 
 
 # -- the supervising process ---------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Run in each child before exec: the kernel sends it SIGTERM when this process dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass(frozen=True)
-class Emulator:
-    url: str
-    pid: int
-
-    def reset(self) -> None:
-        request = urllib.request.Request(self.url + "/_emulator/reset", method="POST", data=b"")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
-
-
-@contextmanager
-def emulator_process(processing_seconds: float, log: IO[str], timeout: float = 60.0) -> Iterator[Emulator]:
-    """``flexflow emulator`` in a child process, killed on exit whatever happens."""
-    command = [
-        sys.executable, "-m", "flexflow.cli", "emulator", "--port", "0", "--api-key", API_KEY,
-        "--queue-seconds", str(QUEUE_SECONDS), "--processing-seconds", str(processing_seconds),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=die_with_parent
-    )
-    try:
-        yield Emulator(_listening_url(process, timeout), process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
-
-
-def _listening_url(process: subprocess.Popen[str], timeout: float) -> str:
-    """The URL from the one JSON line the emulator prints once it listens."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        ready = selector.select(timeout)
-    line = process.stdout.readline() if ready else ""
-    try:
-        return str(json.loads(line)["emulator"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"the emulator did not start: {line!r} (its stderr is in the log folder)") from exc
 
 
 def run_worker(config: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
@@ -917,13 +835,7 @@ def render_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
     headers = ["metric", *(name for name, _ in columns)]
     lines = [[label, *(cell(r, key, number) for _, r in columns)] for label, key, number in ROWS]
     lines = [line for line in lines if any(c != "-" for c in line[1:])]
-    widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
-
-    return "\n".join([line(headers), "  " + "  ".join("-" * w for w in widths), *(line(r) for r in lines)])
+    return text_table(headers, lines, indent="  ")
 
 
 def evaluate(results: Sequence[dict[str, Any]], job_seconds: float) -> list[tuple[str, bool]]:
@@ -1039,14 +951,6 @@ def notes_for(results: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
-@contextmanager
-def stage(text: str) -> Iterator[None]:
-    print(f"  {text} ...", end="", flush=True)
-    started = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - started:.1f} s", flush=True)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000,2000", help="concurrent triggers per run (default 100,1000,2000)")
@@ -1116,7 +1020,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with (
             open(workdir / "emulator.log", "w") as emulator_log,
-            emulator_process(args.job_seconds - QUEUE_SECONDS, emulator_log) as emulator,
+            emulator_process(
+                QUEUE_SECONDS, args.job_seconds - QUEUE_SECONDS, api_key=API_KEY, log=emulator_log, timeout=60.0
+            ) as emulator,
         ):
             print(f"  emulator {emulator.url} (pid {emulator.pid}); logs and AIRFLOW_HOME in {workdir}")
             base = {

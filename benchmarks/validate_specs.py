@@ -34,119 +34,30 @@ import cProfile
 import io
 import json
 import pstats
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
+from common import ROOT, SpecShape, generate_specs
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from flexflow.contract.params import FLUX_PARAMS, FluxParam  # noqa: E402
 
 TARGET_WARM_MS = 1.0
 
-WORDS = [
-    "spring", "winter", "summer", "autumn", "hero", "story", "banner", "square", "detail", "launch",
-    "aurora", "harbor", "meadow", "city", "night", "studio", "product", "social", "poster", "teaser",
-]  # fmt: skip
-PROMPTS = [
-    "Hero banner for {{ params.campaign }}, bold type, {word} palette",
-    "A {word} scene at golden hour, cinematic, shallow depth of field",
-    "Product shot of the {word} collection on a marble plinth, soft studio light",
-    "Vertical story background for {{ params.campaign }} ({word}), {{ ds }}",
-    "Flat illustration of a {word} skyline, pastel colors, no text",
-]
-SCHEDULES = ["0 6 * * MON", "30 5 * * *", "0 */4 * * *", "@daily", "@weekly", "@hourly", None]
 DURATIONS = ["30s", "2m", "5m", "20m", "1h", "1h30m", "PT2M", "PT10M", "500ms", "10s"]
-
-
-def flux_value(param: FluxParam, rng: random.Random) -> Any:
-    if param.choices:
-        return rng.choice(param.choices)
-    if param.url:
-        return f"https://assets.example.com/ref/{rng.choice(WORDS)}-{rng.randrange(100)}.jpg"
-    if param.type == "boolean":
-        return rng.random() < 0.5
-    if param.type == "number":
-        value = rng.choice(param.allowed_numbers())
-        return float(value) if value != value.to_integral_value() else int(value)
-    if param.has_range:
-        return rng.randint(int(Decimal(param.minimum)), int(Decimal(param.maximum)))
-    return rng.randrange(1, 2**31)
-
-
-def flux_params(rng: random.Random, count: int) -> dict[str, Any]:
-    chosen = rng.sample(FLUX_PARAMS, count)
-    params = {p.name: flux_value(p, rng) for p in chosen}
-    if "image_prompt_strength" in params and "image_prompt" not in params:
-        params["image_prompt"] = flux_value(next(p for p in FLUX_PARAMS if p.url), rng)
-    return params
-
-
-def variants(rng: random.Random) -> dict[str, list[Any]]:
-    candidates = [p for p in FLUX_PARAMS if p.choices or (p.type in ("number", "integer") and p.has_range)]
-    result = {}
-    for param in rng.sample(candidates, rng.choice([1, 1, 2])):
-        values: list[Any] = []
-        while len(values) < rng.choice([2, 3]):
-            value = flux_value(param, rng)
-            if value not in values:
-                values.append(value)
-        result[param.name] = values
-    return result
-
-
-def spec(index: int, images: int, rng: random.Random) -> dict[str, Any]:
-    schedule = rng.choice(SCHEDULES)
-    data: dict[str, Any] = {"version": 1, "dag_id": f"bench_{index:04d}_{rng.choice(WORDS)}"}
-    data["description"] = f"Generated spec {index} for the validation benchmark"
-    data["schedule"] = schedule
-    if schedule is not None:
-        data["start_date"] = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-    data["catchup"] = False
-    data["tags"] = rng.sample(WORDS, 2)
-    data["params"] = {"campaign": f"{rng.choice(WORDS).title()} {2026 + index % 3}"}
-    data["defaults"] = {
-        "flux": flux_params(rng, rng.randint(1, 4)),
-        "retries": rng.randint(0, 5),
-        "timeout": rng.choice(DURATIONS),
-    }
-    names = rng.sample(WORDS, images)
-    data["images"] = []
-    for name in names:
-        image: dict[str, Any] = {"name": name, "prompt": rng.choice(PROMPTS).replace("{word}", rng.choice(WORDS))}
-        if rng.random() < 0.8:
-            image["flux"] = flux_params(rng, rng.randint(1, 5))
-        if rng.random() < 0.3:
-            image["variants"] = variants(rng)
-        if rng.random() < 0.2:
-            image["poll_interval"] = rng.choice(DURATIONS)
-        data["images"].append(image)
-    data["publish"] = {
-        "to": f"file:///tmp/flexflow/bench/{data['dag_id']}/{{{{ ds }}}}",
-        "filename": "{image}{variant}.{ext}",
-        "manifest": True,
-    }
-    return data
-
-
-def generate(folder: Path, count: int, images: int, seed: int) -> list[Path]:
-    rng = random.Random(seed)
-    files = []
-    for index in range(count):
-        file = folder / f"spec_{index:04d}.yaml"
-        text = yaml.safe_dump(spec(index, images, rng), sort_keys=False, default_flow_style=None, width=120)
-        file.write_text(f"# yaml-language-server: $schema=../schemas/flexflow-spec.schema.json\n{text}")
-        files.append(file)
-    return files
+#: Every spec sets a default timeout; a fifth of the images a poll interval.
+SHAPE = SpecShape(
+    description="Generated spec {index} for the validation benchmark",
+    schedules=["0 6 * * MON", "30 5 * * *", "0 */4 * * *", "@daily", "@weekly", "@hourly", None],
+    default_durations={"timeout": DURATIONS},
+    default_duration_share=1.0,
+    image_durations={"poll_interval": (0.2, DURATIONS)},
+    extras=False,
+)
 
 
 COLD = """
@@ -194,7 +105,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="flexflow-bench-") as tmp:
         folder = Path(tmp)
-        files = generate(folder, args.specs, args.images, args.seed)
+        files = generate_specs(folder, args.specs, args.images, args.seed, SHAPE)
         size = sum(f.stat().st_size for f in files)
         texts = [f.read_text() for f in files]
         n = len(files)
