@@ -394,3 +394,28 @@ def test_settings_link_for() -> None:
 
     settings = ApiSettings("http://h", ApiKey("k"), job_link="{base_url}/jobs/{job_id}")
     assert settings.link_for("abc") == "http://h/jobs/abc"
+
+
+def test_airflow_providers_list_shows_flexflow(airflow_db: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    )
+    providers = {p["package_name"]: p for p in json.loads(listed.stdout[listed.stdout.index("[") :])}
+    assert "flexflow" in providers
+    hooks = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    )
+    assert '"apiframe"' in hooks.stdout
+    assert "Apiframe (Flux)" in hooks.stdout

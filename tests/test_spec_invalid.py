@@ -30,6 +30,7 @@ EXPECT = re.compile(r"^# expect: (\d+):(\d+): (.+)$", re.MULTILINE)
 
 #: Every rule of the issue has (at least) its file; deleting one fails test_corpus_covers_every_rule.
 RULES = {
+    "template_outside_templated_keys",
     # YAML itself
     "malformed_yaml",
     "malformed_yaml_unquoted_cron",

@@ -156,7 +156,12 @@ def _hint(path: Path_, error: ValidationError) -> str | None:
 # -- checks beyond the schema ------------------------------------------------------------------
 
 
+#: The only values rendered at run time; a template anywhere else would be sent as written.
+TEMPLATED = frozenset({("images", "prompt"), ("publish", "to"), ("publish", "filename")})
+
+
 def _checks(data: Mapping[str, Any]) -> Iterable[tuple[Path_, str]]:
+    yield from _templates_elsewhere(data, ())
     yield from _schedule(data)
     images = data.get("images") if isinstance(data.get("images"), list) else []
     seen: dict[str, int] = {}
@@ -192,6 +197,25 @@ def _secret_keys(value: object, path: Path_) -> Iterable[tuple[Path_, str]]:
             yield from _secret_keys(item, (*path, index))
     elif isinstance(value, str) and value.startswith("afk_"):
         yield path, "this looks like an Apiframe API key; keys belong in the Airflow connection, never in a spec"
+
+
+def _templates_elsewhere(value: object, path: Path_) -> Iterable[tuple[Path_, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _templates_elsewhere(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _templates_elsewhere(item, (*path, index))
+    elif isinstance(value, str) and ("{{" in value or "{%" in value):
+        named = tuple(part for part in path if isinstance(part, str))
+        if (named[0], named[-1]) not in TEMPLATED:
+            yield (
+                path,
+                (
+                    "templates are rendered only in prompt, publish.to and publish.filename; "
+                    "this value would be sent as written"
+                ),
+            )
 
 
 @lru_cache(maxsize=4096)
