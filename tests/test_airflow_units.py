@@ -98,6 +98,7 @@ def test_execute_defers_with_the_expected_trigger(emulator: EmulatorServer, apif
 
 
 def test_sensor_defers_by_default(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    emulator.config.update({"processing_seconds": 30.0})
     job_id = submit(emulator)
     sensor = FluxJobSensor(task_id="wait", job_id=job_id, timeout=600)
     assert sensor.deferrable is True
@@ -419,3 +420,10 @@ def test_airflow_providers_list_shows_flexflow(airflow_db: Path) -> None:
     )
     assert '"apiframe"' in hooks.stdout
     assert "Apiframe (Flux)" in hooks.stdout
+
+
+def test_sensor_on_a_finished_job_returns_without_deferring(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    job_id = submit(emulator)
+    job = FluxJobSensor(task_id="wait", job_id=job_id).execute(context(TaskInstanceStub("wait")))
+    assert job["status"] == "COMPLETED"
+    assert job["id"] == job_id

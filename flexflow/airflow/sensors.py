@@ -67,6 +67,12 @@ class FluxJobSensor(BaseSensorOperator):
             finally:
                 if "_client" in vars(self):
                     self._client.close()
+        # A job that has already ended needs no trigger: deferring it anyway races Airflow's
+        # handling of a trigger that fires at once (a spurious failed try with the LocalExecutor).
+        with FluxHook.client(settings) as client:
+            job = client.get_job(self.job_id)
+        if job.is_terminal:
+            return self.execute_complete(context, {"status": job.status.value, "job": job.to_dict()})
         self.defer(
             trigger=FluxJobTrigger(
                 self.job_id,

@@ -567,8 +567,8 @@ class Deployment:
                 self.start_worker()
             self.wait_healthy(self.startup_timeout)
             self.wait_for_dags(self.expected_dag_ids(), self.startup_timeout)
-        except BaseException:
-            self._failed = True
+        except BaseException as exc:
+            self._failed = not isinstance(exc, ServicesUnavailable)  # a failure keeps the home for a look
             self.stop()
             raise
         self.timings["startup"] = time.monotonic() - started
