@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.sensors import FluxJobSensor
-from flexflow.compiler.layout import FINALIZE, PUBLISH, SUBMIT, WAIT, task_layout
+from flexflow.compiler.layout import FINALIZE, PUBLISH, SUBMIT, WAIT
 from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
 from flexflow.spec.loader import SpecProblem
 from flexflow.spec.model import ImageSpec, Spec, thawed
@@ -20,7 +20,10 @@ INVALID_TAG = "invalid"
 
 
 def compile_spec(spec: Spec) -> DAG:
-    """The DAG of a spec; its tasks are exactly those of :func:`task_layout` (what ``plan`` shows)."""
+    """The DAG of a spec; its tasks are exactly those of ``task_layout`` (what ``plan`` shows).
+
+    That is held by tests/test_golden_dags.py, not checked here: this runs on every DAG parse.
+    """
     with DAG(
         dag_id=spec.dag_id,
         description=spec.description,
@@ -42,7 +45,6 @@ def compile_spec(spec: Spec) -> DAG:
             asset=spec.publish.asset,
             manifest=spec.publish.manifest,
         ).set_upstream(publishes)
-    _check_layout(spec, dag)
     return dag
 
 
@@ -80,14 +82,6 @@ def _image_group(spec: Spec, image: ImageSpec) -> Any:
         submitted = FluxFlexOperator(**submit_args)
         waited = FluxJobSensor(job_id=submitted.output, **wait_args)
         return PublishImageOperator(job=waited.output, **publish_args)
-
-
-def _check_layout(spec: Spec, dag: DAG) -> None:
-    """The compiled tasks and edges must be what ``flexflow plan`` says they are."""
-    planned = {t.task_id: set(t.upstream) for t in task_layout(spec)}
-    built = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
-    if planned != built:
-        raise RuntimeError(f"compiled DAG {spec.dag_id} differs from its plan: {built} != {planned}")
 
 
 def _doc(spec: Spec) -> str:
