@@ -2,7 +2,8 @@
 """Set up the project's virtual environment (when needed) and run a project command in it.
 
     python3 dev.py run         the main job: an example spec, end to end through Airflow
-    python3 dev.py test        the test suite (what CI runs)
+    python3 dev.py test        the test suite (what CI runs); installs Debian's chromium for the
+                               browser tests when it is missing (as root, with apt-get)
     python3 dev.py lock        re-resolve requirements.lock after changing pyproject.toml
 
 The environment is `.venv/`, installed exactly from `requirements.lock` by uv (itself pinned and
@@ -27,6 +28,9 @@ LOCK = ROOT / "requirements.lock"
 STAMP = VENV / ".flexflow-stamp"
 UV_VERSION = "0.13.8"
 PYTHON_VERSION = "3.11"
+#: Debian packages the deployment suite's browser tests drive (Playwright on Debian's Chromium: no
+#: browser is downloaded at test time), by the file each one provides.
+DEBIAN_PACKAGES = {"/usr/bin/chromium": "chromium", "/usr/share/fonts/truetype/liberation": "fonts-liberation"}
 
 
 def _fingerprint() -> str:
@@ -63,6 +67,26 @@ def ensure_venv() -> None:
     _run(uv, "pip", "sync", "--quiet", "--python", PYTHON, LOCK)
     _run(uv, "pip", "install", "--quiet", "--python", PYTHON, "--no-deps", "-e", ".")
     STAMP.write_text(fingerprint)
+
+
+def ensure_debian_packages() -> None:
+    """Install the missing DEBIAN_PACKAGES with apt-get where this is Debian and we are root.
+
+    Elsewhere (or when apt-get fails) say so and go on: the browser tests then skip, saying why.
+    """
+    missing = [package for path, package in DEBIAN_PACKAGES.items() if not Path(path).exists()]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print(f"note: {' '.join(missing)} missing and apt-get not usable as this user; browser tests will skip")
+        return
+    print(f"installing Debian packages: {' '.join(missing)} ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    for command in (["apt-get", "update", "-qq"], install):
+        if subprocess.run(command, cwd=ROOT, env=env, check=False).returncode != 0:
+            print(f"note: `{' '.join(command)}` failed; browser tests will skip", flush=True)
+            return
 
 
 def lock() -> None:
@@ -104,6 +128,8 @@ def main(argv: list[str]) -> int:
         lock()
         return 0
     ensure_venv()
+    if argv[0] == "test":
+        ensure_debian_packages()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.call([str(PYTHON), *COMMANDS[argv[0]], *argv[1:]], cwd=ROOT, env=env)
 

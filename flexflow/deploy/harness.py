@@ -764,6 +764,21 @@ class Deployment:
                     )
         return found
 
+    def slot_seconds(self, task_instances: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Executor slot-seconds per task kind of these task instances (as the REST API lists them).
+
+        Kinds are the last part of the task id (``submit``, ``wait``, ``publish``, ``finalize``);
+        a wait's runs are split by how each ended: ``wait (deferred)`` and ``wait (success)``.
+        """
+        workloads = self.workload_seconds()
+        totals: dict[str, float] = {}
+        for ti in task_instances:
+            kind = ti["task_id"].rsplit(".", 1)[-1]
+            for seconds, final_state in workloads.get(ti["id"], []):
+                label = f"{kind} ({final_state})" if kind == "wait" else kind
+                totals[label] = totals.get(label, 0.0) + seconds
+        return {kind: round(seconds, 2) for kind, seconds in totals.items()}
+
     def worker_names(self) -> list[str]:
         names = {s.name.split("#")[0] for s in self.services if s.name.startswith("worker-")}
         return sorted(n for n in names if self.service(n).alive())

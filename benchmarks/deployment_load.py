@@ -1,0 +1,259 @@
+"""A load run in a real deployment: 200 images across 20 specs, triggered together through the REST API.
+
+What runs
+    One deployment from ``flexflow.deploy.harness`` (``--config local``: LocalExecutor on SQLite;
+    ``--config celery``: CeleryExecutor, PostgreSQL, Redis, ``--workers`` Celery workers), every
+    Airflow service a separate process on loopback, the emulator as the API (jobs QUEUED
+    ``--queue-seconds``, then PROCESSING ``--job-seconds``). Its specs folder holds ``--specs``
+    generated specs of ``--images`` jobs each (2 images x variants over ``seed``). Two phases, in
+    the same deployment:
+
+    * baseline: one spec triggered alone (``--images`` images);
+    * load: every spec triggered together, back to back (``--specs`` x ``--images`` images).
+
+What is measured (each phase)
+    wall time         first trigger to the last run's end (every run must succeed)
+    slot-s per image  executor slot-seconds of the phase's task instances (the durations of the
+                      "Workload finished" lines the task supervisors log: submit, the wait's run
+                      until it defers, its run when it resumes, publish, and finalize shared by
+                      the run's images), divided by the images
+    poke-s per image  the wall time each wait task spent from start to end: what a poke-mode
+                      sensor would have held a slot for
+    triggerer RSS     the triggerer's processes (supervisor, trigger runner, log server), sampled
+                      every second: idle before the phase, and the peak during it
+    polls per job     the emulator's ``polls_per_job``
+    billing           jobs created and billed must both equal the images, every Idempotency-Key
+                      submitted once (else the benchmark fails)
+
+Ratios printed: load against baseline (wall time, slot-seconds per image, polls per job, triggerer
+RSS), and slot-seconds per image against poke-seconds per image (what deferring saves). Wall times
+depend on this machine (2 shared cores): compare the ratios within one invocation.
+
+Run::
+
+    .venv/bin/python benchmarks/deployment_load.py                      # local: about 10 minutes
+    .venv/bin/python benchmarks/deployment_load.py --config celery --workers 2
+    .venv/bin/python benchmarks/deployment_load.py --specs 4 --images 5 # a quick look
+    .venv/bin/python benchmarks/deployment_load.py --json out/load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common import ROOT, stage, text_table
+
+from flexflow.deploy.harness import Deployment, services_available, wait_until
+
+IMAGES_PER_SPEC_GROUPS = 2  # each spec: 2 images, their variants over seed make up --images jobs
+RUN_TIMEOUT = 3600.0  # seconds for the slowest run of a phase: the benchmark always ends
+
+
+@dataclass
+class Phase:
+    name: str
+    specs: int
+    images: int
+    wall_seconds: float
+    slot_seconds_per_image: float
+    slot_seconds_by_kind: dict[str, float]
+    poke_seconds_per_image: float
+    triggerer_rss_idle_mb: float
+    triggerer_rss_peak_mb: float
+    polls_per_job_mean: float
+    polls_per_job_max: int
+    jobs_billed: int
+
+
+def write_specs(folder: Path, publish_root: Path, count: int, images: int) -> list[str]:
+    """``count`` specs of ``images`` jobs each: 2 images whose seed variants add up to ``images``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = [list(range(1, images // 2 + 1)), list(range(1, images - images // 2 + 1))]
+    dag_ids = []
+    for index in range(count):
+        dag_id = f"load_{index:02d}"
+        groups = "".join(
+            f'  - name: {name}\n    prompt: "Load test {name} {index}, flat colours"\n'
+            f"    variants: {{seed: {json.dumps(seed)}}}\n"
+            for name, seed in zip(("banner", "tile"), seeds, strict=True)
+            if seed
+        )
+        (folder / f"{dag_id}.yaml").write_text(
+            f"version: 1\ndag_id: {dag_id}\nschedule: null\nimages:\n{groups}"
+            "defaults:\n  flux: {resolution: 1MP, output_format: png}\n  poll_interval: 2s\n  retries: 2\n"
+            f"publish:\n  to: \"file://{publish_root}/{dag_id}/{{{{ run_id | replace(':', '_') }}}}\"\n"
+            f'  filename: "{{image}}{{variant}}.{{ext}}"\n  asset: flexflow://{dag_id}\n'
+        )
+        dag_ids.append(dag_id)
+    return dag_ids
+
+
+class RssSampler:
+    """The triggerer's RSS every second, on a thread, while a phase runs."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(self.deployment.rss_bytes("triggerer"))
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def run_phase(deployment: Deployment, name: str, dag_ids: Sequence[str], images_per_spec: int) -> Phase:
+    assert deployment.emulator is not None
+    deployment.emulator.reset()
+    idle_rss = deployment.rss_bytes("triggerer")
+    sampler = RssSampler(deployment)
+    with stage(f"{name}: {len(dag_ids)} spec(s), {len(dag_ids) * images_per_spec} images"), sampler.running():
+        started = time.monotonic()
+        runs = {dag_id: deployment.api.trigger(dag_id)["dag_run_id"] for dag_id in dag_ids}
+        states = {
+            dag_id: deployment.api.wait_for_run(dag_id, run_id, timeout=RUN_TIMEOUT, check=deployment.check_alive)
+            for dag_id, run_id in runs.items()
+        }
+        wall = time.monotonic() - started
+    failed = {dag_id: state for dag_id, state in states.items() if state != "success"}
+    if failed:
+        raise SystemExit(f"{name}: runs did not succeed: {failed}")
+    images = len(dag_ids) * images_per_spec
+    accounting = deployment.emulator.accounting()
+    submissions = sorted(accounting["submissions_per_key"].values())
+    if (accounting["jobs_created"], accounting["jobs_billed"], submissions) != (images, images, [1] * images):
+        raise SystemExit(f"{name}: expected exactly one billed job per image ({images}): {accounting}")
+    tis = [ti for dag_id, run_id in runs.items() for ti in deployment.api.task_instances(dag_id, run_id)]
+    by_kind = deployment.slot_seconds(tis)
+    polls = list(accounting["polls_per_job"].values())
+    return Phase(
+        name=name,
+        specs=len(dag_ids),
+        images=images,
+        wall_seconds=round(wall, 1),
+        slot_seconds_per_image=round(sum(by_kind.values()) / images, 2),
+        slot_seconds_by_kind={kind: round(seconds / images, 2) for kind, seconds in sorted(by_kind.items())},
+        poke_seconds_per_image=round(
+            sum(ti["duration"] or 0 for ti in tis if ti["task_id"].endswith(".wait")) / images, 1
+        ),
+        triggerer_rss_idle_mb=round(idle_rss / 2**20, 1),
+        triggerer_rss_peak_mb=round(max(sampler.samples or [idle_rss]) / 2**20, 1),
+        polls_per_job_mean=round(statistics.mean(polls), 1),
+        polls_per_job_max=max(polls),
+        jobs_billed=accounting["jobs_billed"],
+    )
+
+
+def report(baseline: Phase, load: Phase) -> str:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    def per_minute(phase: Phase) -> float:
+        return round(phase.images / phase.wall_seconds * 60, 1)
+
+    measures = [  # label, value of a phase, the number the ratio compares
+        ("images", lambda p: p.images, lambda p: p.images),
+        ("wall time (s)", lambda p: p.wall_seconds, lambda p: p.wall_seconds),
+        ("images per minute", per_minute, per_minute),
+        ("slot-seconds per image", lambda p: p.slot_seconds_per_image, lambda p: p.slot_seconds_per_image),
+        ("poke-mode slot-seconds per image", lambda p: p.poke_seconds_per_image, lambda p: p.poke_seconds_per_image),
+        ("polls per job (mean / max)", lambda p: f"{p.polls_per_job_mean} / {p.polls_per_job_max}",
+         lambda p: p.polls_per_job_mean),
+        ("triggerer RSS idle -> peak (MB)", lambda p: f"{p.triggerer_rss_idle_mb} -> {p.triggerer_rss_peak_mb}",
+         lambda p: p.triggerer_rss_peak_mb),
+    ]  # fmt: skip
+    rows = [
+        (label, str(shown(baseline)), str(shown(load)), ratio(compared(load), compared(baseline)))
+        for label, shown, compared in measures
+    ]
+    kinds = sorted(set(baseline.slot_seconds_by_kind) | set(load.slot_seconds_by_kind))
+    rows += [
+        (f"  {kind}", str(baseline.slot_seconds_by_kind.get(kind, 0)), str(load.slot_seconds_by_kind.get(kind, 0)), "")
+        for kind in kinds
+    ]
+    saved = ratio(load.slot_seconds_per_image, load.poke_seconds_per_image)
+    return (
+        text_table(("", "baseline", "load", "load / baseline"), rows, indent="  ")
+        + f"\n\n  deferring: a waiting image costs {saved} of the slot time a poke-mode wait would hold (load)\n"
+        f"  billing: {load.jobs_billed} jobs billed for {load.images} images, every Idempotency-Key sent once"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--config", choices=("local", "celery"), default="local")
+    parser.add_argument("--specs", type=int, default=20)
+    parser.add_argument("--images", type=int, default=10, help="jobs per spec (2 images x seed variants)")
+    parser.add_argument("--job-seconds", type=float, default=30.0, help="the emulator's PROCESSING time")
+    parser.add_argument("--queue-seconds", type=float, default=2.0)
+    parser.add_argument("--parallelism", type=int, default=4, help="executor slots ([core] parallelism)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (celery only)")
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.config == "celery" and (problem := services_available()):
+        print(f"cannot run the celery configuration: {problem}")
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="flexflow-load-") as work:
+        root = Path(work)
+        dag_ids = write_specs(root / "specs", root / "published", args.specs, args.images)
+        print(f"deployment_load: {args.config}, {platform.python_version()}, {len(dag_ids)} specs x {args.images}")
+        with stage("starting the deployment"):
+            deployment = Deployment(
+                args.config,
+                specs_dir=root / "specs",
+                workers=args.workers,
+                parallelism=args.parallelism,
+                worker_concurrency=args.worker_concurrency,
+                queue_seconds=args.queue_seconds,
+                processing_seconds=args.job_seconds,
+                root=root / "home",
+            ).start()
+        try:
+            for dag_id in dag_ids:
+                deployment.api.unpause(dag_id)
+            wait_until(lambda: not any(d["is_paused"] for d in deployment.api.dags()), 60, "the DAGs to unpause")
+            baseline = run_phase(deployment, "baseline", dag_ids[:1], args.images)
+            load = run_phase(deployment, "load", dag_ids, args.images)
+        finally:
+            with stage("tearing down"):
+                deployment.stop()
+        left = deployment.remaining_processes()
+    print(report(baseline, load))
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    result = {"settings": settings, "baseline": asdict(baseline), "load": asdict(load), "leftovers": len(left)}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"deployment_load-{args.config}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if left:
+        print(f"  FAIL: {len(left)} process(es) outlived the teardown")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""What the deployment tests share: their specs, and helpers over the REST API and the emulator.
+
+The specs are written for these tests; the emulator stands in for the API, and its accounting says
+what was submitted and billed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from PIL import Image
+
+from flexflow.contract import output_size
+from flexflow.deploy.harness import Deployment, wait_until
+from flexflow.spec import load_spec
+
+PARALLELISM = 4  # executor slots: LocalExecutor processes, or the scheduler's cap with Celery
+WORKERS, WORKER_CONCURRENCY = 2, 2  # Celery: 2 workers x 2 slots
+PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+MEASURED: dict[str, dict[str, Any]] = {}
+PAUSED_AT_START: dict[tuple[str, str], bool] = {}
+
+COMMON = """
+defaults:
+  flux: {{resolution: 1MP, output_format: png}}
+  retries: 2
+  retry_delay: 5s
+  poll_interval: 1s
+  timeout: 10m
+publish:
+  to: "file://{root}/{dag_id}/{{{{ run_id | replace(':', '_') }}}}"
+  filename: "{{image}}{{variant}}.{{ext}}"
+  manifest: true
+  asset: flexflow://{dag_id}
+"""
+SPECS = {
+    # An ordinary run: one single image, one with variants.
+    "deploy_smoke": """
+params: {subject: lighthouse}
+images:
+  - name: poster
+    prompt: "Poster of a {{ params.subject }} at dusk"
+    flux: {aspect_ratio: "3:4", seed: 3}
+  - name: tile
+    prompt: "Square tile with a wave pattern"
+    flux: {output_format: jpg}
+    variants: {seed: [1, 2]}
+""",
+    # Twenty jobs waiting at once: 4 images x 5 seeds.
+    "deploy_twenty": "images:\n"
+    + "".join(
+        f'  - name: {name}\n    prompt: "{name} banner, flat colours"\n    variants: {{seed: [1, 2, 3, 4, 5]}}\n'
+        for name in ("north", "south", "east", "west")
+    ),
+    # Twenty jobs whose tasks may not retry.
+    "deploy_noretry": "images:\n"
+    + "".join(
+        f'  - name: {name}\n    prompt: "{name} icon"\n    retries: 0\n    variants: {{seed: [1, 2, 3, 4, 5]}}\n'
+        for name in ("up", "down", "left", "right")
+    ),
+    # One job, for the failure and worker-kill tests.
+    "deploy_single": """
+images:
+  - name: hero
+    prompt: "A hero image of a mountain lake"
+""",
+}
+
+
+#: A spec that fails validation: it must show up as a DAG tagged ``invalid``, not hide the others.
+BROKEN_SPECS = {
+    "deploy_broken": """
+images:
+  - name: hero
+    prompt: "A hero image"
+    flux: {guidance: 12}
+""",
+}
+BROKEN_PROBLEM = "images[0].flux.guidance: must be a number from 1.5 to 10 in steps of 0.1; got 12"
+
+
+def write_specs(folder: Path, publish_root: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for dag_id, images in (SPECS | BROKEN_SPECS).items():
+        text = (
+            f"version: 1\ndag_id: {dag_id}\nschedule: null\n" + images + COMMON.format(root=publish_root, dag_id=dag_id)
+        )
+        files[dag_id] = folder / f"{dag_id}.yaml"
+        files[dag_id].write_text(text)
+    return files
+
+
+# -- helpers over the REST API and the emulator ------------------------------------------------------
+
+
+def measured(deployment: Deployment) -> dict[str, Any]:
+    return MEASURED.setdefault(deployment.config, {})
+
+
+def spec_file(deployment: Deployment, dag_id: str) -> Path:
+    return deployment.specs_dir / f"{dag_id}.yaml"
+
+
+def trigger(deployment: Deployment, dag_id: str, **conf: Any) -> str:
+    return str(deployment.api.trigger(dag_id, conf=conf)["dag_run_id"])
+
+
+def finish(deployment: Deployment, dag_id: str, run_id: str, timeout: float = 240.0) -> str:
+    return deployment.api.wait_for_run(dag_id, run_id, timeout=timeout, check=deployment.check_alive)
+
+
+def waits(tis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [ti for ti in tis if ti["task_id"].endswith(".wait")]
+
+
+def wait_until_deferred(deployment: Deployment, dag_id: str, run_id: str, count: int, timeout: float) -> None:
+    """Until ``count`` wait tasks are deferred at once (while every job of the run still runs)."""
+    assert deployment.emulator is not None
+    emulator = deployment.emulator
+
+    def deferred() -> bool:
+        return sum(ti["state"] == "deferred" for ti in waits(deployment.api.task_instances(dag_id, run_id))) == count
+
+    def jobs_still_running() -> None:
+        deployment.check_alive()
+        ended = {k: v for k, v in emulator.accounting()["jobs_by_status"].items() if k not in ("QUEUED", "PROCESSING")}
+        assert not ended, f"jobs ended ({ended}) before {count} waits deferred: make the emulator's jobs longer"
+
+    wait_until(deferred, timeout, f"{count} deferred wait tasks of {run_id}", interval=0.5, check=jobs_still_running)
+
+
+def assert_waits_hold_no_slot(deployment: Deployment, dag_id: str, run_id: str, count: int) -> dict[str, Any]:
+    """All ``count`` waits deferred, and neither the pool nor an executor slot nor a process is held for them."""
+    before = deployment.api.task_instances(dag_id, run_id)
+    pool = deployment.api.pool("default_pool")
+    processes = deployment.task_processes()
+    after = deployment.api.task_instances(dag_id, run_id)
+    for snapshot in (before, after):
+        assert [ti["state"] for ti in waits(snapshot)] == ["deferred"] * count
+    active = {ti["id"] for ti in before + after if ti["state"] in ("running", "queued")}
+    assert pool["deferred_slots"] >= count, pool
+    assert pool["occupied_slots"] <= len(active), f"deferred tasks take no pool slot: {pool}"
+    assert len(processes) <= len(active), "no task process runs for a deferred wait"
+    assert count > PARALLELISM or not active, "more tasks wait than the executor has slots"
+    return {"pool": pool, "task_processes": len(processes), "other_active_tasks": len(active)}
+
+
+def check_published(deployment: Deployment, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Images, manifest and asset event are where the spec said, as Airflow's REST API reports them."""
+    spec = load_spec(spec_file(deployment, dag_id))
+    finalized = deployment.api.xcom(dag_id, run_id, "finalize")
+    # publish.to is file://<root>/<dag_id>/{{ run_id | replace(':', '_') }}
+    folder = deployment.specs_dir.parent / "published" / dag_id / run_id.replace(":", "_")
+    manifest_path = folder / "manifest.json"
+    assert Path(urlsplit(finalized["manifest"]).path) == manifest_path
+    assert finalized["files"] == spec.job_count
+    manifest = json.loads(manifest_path.read_text())
+    assert (manifest["dag_id"], manifest["run_id"]) == (spec.dag_id, run_id)
+    expected = {(image.name, variant.label): image.job_flux(variant) for image, variant, _ in spec.jobs()}
+    assert {(f["image"], f["variant"]) for f in manifest["files"]} == set(expected)
+    for entry in manifest["files"]:
+        flux = expected[(entry["image"], entry["variant"])]
+        data = (folder / entry["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        with Image.open(io.BytesIO(data)) as picture:
+            assert picture.format == PIL_FORMATS[flux["output_format"]]
+            assert picture.size == output_size(flux)
+        assert "{{" not in entry["prompt"]
+    [event] = deployment.api.asset_events(source_dag_id=spec.dag_id, source_run_id=run_id)
+    assert event["uri"].rstrip("/") == spec.publish.asset
+    assert event["source_task_id"] == "finalize"
+    assert event["extra"]["run_id"] == run_id
+    stored = sorted(urlsplit(url).path for url in event["extra"]["files"])
+    assert stored == sorted(str(folder / f["name"]) for f in manifest["files"])
+    assert sorted(event["extra"]["job_ids"]) == sorted(f["job_id"] for f in manifest["files"])
+    return manifest
+
+
+def assert_one_billed_job_per_image(accounting: dict[str, Any], jobs: int) -> None:
+    assert accounting["jobs_created"] == jobs, accounting
+    assert accounting["jobs_billed"] == jobs, accounting
+    assert accounting["duplicates"] == {"by_key": {}, "by_body": 0}, accounting
+    assert sorted(accounting["submissions_per_key"].values()) == [1] * jobs, "no request was resubmitted"
