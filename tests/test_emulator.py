@@ -28,6 +28,7 @@ from flexflow.contract.params import ASPECT_RATIOS, OUTPUT_FORMATS
 from flexflow.contract.wire import JOBS_PATH, SUBMIT_PATH
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
 from flexflow.emulator import images as emulator_images
+from flexflow.emulator.server import announced_url
 from tests.conftest import flux_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -844,8 +845,8 @@ def test_cli_emulator_with_a_fault() -> None:
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line, f"the emulator exited: {process.poll()}"
-        url = json.loads(line)["emulator"]
-        assert url.startswith("http://127.0.0.1:")
+        url = announced_url(line)
+        assert url is not None and url.startswith("http://127.0.0.1:"), line
         with httpx2.Client(base_url=url, headers={"X-API-Key": "k1"}, timeout=5.0) as k1:
             limited = k1.post(SUBMIT_PATH, json=small())
             assert limited.status_code == 429

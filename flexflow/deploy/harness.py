@@ -982,10 +982,10 @@ class Deployment:
         self.services.append(service.start())
 
         def announced() -> str | None:
-            for line in service.log_path.read_text(errors="replace").splitlines():
-                if line.startswith('{"emulator"'):
-                    return str(json.loads(line)["emulator"])
-            return None
+            from flexflow.emulator.server import announced_url
+
+            lines = service.log_path.read_text(errors="replace").splitlines()
+            return next((url for url in map(announced_url, lines) if url), None)
 
         url = wait_until(announced, 30, "the emulator to listen", interval=0.1, check=self.check_alive)
         self.emulator = EmulatorControl(url)

@@ -15,6 +15,19 @@ from flexflow.emulator.app import create_app
 from flexflow.emulator.faults import FaultPlan, FaultRule
 from flexflow.emulator.state import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorState
 
+#: The key of the one JSON line ``flexflow emulator`` prints once it listens: ``{"emulator": URL}``.
+ANNOUNCEMENT_KEY = "emulator"
+
+
+def announced_url(line: str) -> str | None:
+    """The URL in the line ``flexflow emulator`` prints once it listens; None for any other line."""
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    url = message.get(ANNOUNCEMENT_KEY) if isinstance(message, dict) else None
+    return url if isinstance(url, str) else None
+
 
 class EmulatorServer:
     """The emulator under uvicorn in a background thread; ``with EmulatorServer() as emu: emu.url``."""
@@ -129,7 +142,7 @@ def serve(args: argparse.Namespace) -> int:
     server = EmulatorServer(config, args.fault, fault_seed=args.fault_seed, host=args.host, port=args.port)
     server.start()
     # One line a supervising process can read: where the emulator listens.
-    print(json.dumps({"emulator": server.url}), flush=True)
+    print(json.dumps({ANNOUNCEMENT_KEY: server.url}), flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:
