@@ -352,19 +352,13 @@ def test_results_expire_after_retention(emulator: EmulatorServer, http: httpx2.C
     assert httpx2.get(url, timeout=5.0).status_code == 404
 
 
-def test_expired_result_fault(emulator: EmulatorServer, http: httpx2.Client) -> None:
-    emulator.faults.add({"fault": "expired_result", "count": 1})
+@pytest.mark.parametrize(("fault", "expired"), [("expired_result", True), ("missing_result", False)])
+def test_result_file_faults(emulator: EmulatorServer, http: httpx2.Client, fault: str, expired: bool) -> None:
+    """A COMPLETED job whose file is gone: said by ``expired`` (retention), or not at all (missing)."""
+    emulator.faults.add({"fault": fault, "count": 1})
     job = get_job(http, submit_ok(http))
     assert job["status"] == "COMPLETED"
-    assert job["expired"] is True
-    assert httpx2.get(result_urls(job)[0], timeout=5.0).status_code == 404
-
-
-def test_missing_result_fault(emulator: EmulatorServer, http: httpx2.Client) -> None:
-    emulator.faults.add({"fault": "missing_result", "count": 1})
-    job = get_job(http, submit_ok(http))
-    assert job["status"] == "COMPLETED"
-    assert job["expired"] is False
+    assert job["expired"] is expired
     assert httpx2.get(result_urls(job)[0], timeout=5.0).status_code == 404
 
 
