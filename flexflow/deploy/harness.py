@@ -265,6 +265,13 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> dict[str, Any]:
         return self.call("PATCH", f"/dags/{_q(dag_id)}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> dict[str, Any]:
+        return self.call("PATCH", f"/dags/{_q(dag_id)}", {"is_paused": True})
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs, newest first."""
+        return self._paged(f"/dags/{_q(dag_id)}/dagRuns", "dag_runs", order_by="-run_after")
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
         if run_id:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jinja2
 from PIL import Image
 
 from flexflow.contract import output_size
 from flexflow.deploy.harness import Deployment, wait_until
-from flexflow.spec import load_spec
+from flexflow.spec import Spec, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PARALLELISM = 4  # executor slots: LocalExecutor processes, or the scheduler's cap with Celery
 WORKERS, WORKER_CONCURRENCY = 2, 2  # Celery: 2 workers x 2 slots
@@ -84,16 +88,20 @@ images:
 BROKEN_PROBLEM = "images[0].flux.guidance: must be a number from 1.5 to 10 in steps of 0.1; got 12"
 
 
-def write_specs(folder: Path, publish_root: Path) -> dict[str, Path]:
+#: The project's example specs (specs/), shipped into the deployment verbatim: dag_id -> file.
+EXAMPLES = {load_spec(path).dag_id: path for path in sorted((ROOT / "specs").glob("*.yaml"))}
+
+
+def write_specs(folder: Path, publish_root: Path) -> None:
+    """The deployment's specs folder: the tests' own specs, the broken one, and the project's examples."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {}
     for dag_id, images in (SPECS | BROKEN_SPECS).items():
         text = (
             f"version: 1\ndag_id: {dag_id}\nschedule: null\n" + images + COMMON.format(root=publish_root, dag_id=dag_id)
         )
-        files[dag_id] = folder / f"{dag_id}.yaml"
-        files[dag_id].write_text(text)
-    return files
+        (folder / f"{dag_id}.yaml").write_text(text)
+    for path in EXAMPLES.values():
+        shutil.copyfile(path, folder / path.name)
 
 
 # -- helpers over the REST API and the emulator ------------------------------------------------------
@@ -104,7 +112,7 @@ def measured(deployment: Deployment) -> dict[str, Any]:
 
 
 def spec_file(deployment: Deployment, dag_id: str) -> Path:
-    return deployment.specs_dir / f"{dag_id}.yaml"
+    return deployment.specs_dir / (EXAMPLES[dag_id].name if dag_id in EXAMPLES else f"{dag_id}.yaml")
 
 
 def trigger(deployment: Deployment, dag_id: str, **conf: Any) -> str:
@@ -151,12 +159,21 @@ def assert_waits_hold_no_slot(deployment: Deployment, dag_id: str, run_id: str, 
     return {"pool": pool, "task_processes": len(processes), "other_active_tasks": len(active)}
 
 
+def published_folder(spec: Spec, run: dict[str, Any]) -> Path:
+    """The folder the spec's ``publish.to`` names for this run (as the REST API lists it), rendered here."""
+    context = {"run_id": run["dag_run_id"]}
+    if run["logical_date"]:
+        context["ds"] = run["logical_date"][:10]
+    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(spec.publish.to).render(context)
+    assert rendered.startswith("file://"), "the deployment tests publish to files"
+    return Path(urlsplit(rendered).path)
+
+
 def check_published(deployment: Deployment, dag_id: str, run_id: str) -> dict[str, Any]:
     """Images, manifest and asset event are where the spec said, as Airflow's REST API reports them."""
     spec = load_spec(spec_file(deployment, dag_id))
     finalized = deployment.api.xcom(dag_id, run_id, "finalize")
-    # publish.to is file://<root>/<dag_id>/{{ run_id | replace(':', '_') }}
-    folder = deployment.specs_dir.parent / "published" / dag_id / run_id.replace(":", "_")
+    folder = published_folder(spec, deployment.api.dag_run(dag_id, run_id))
     manifest_path = folder / "manifest.json"
     assert Path(urlsplit(finalized["manifest"]).path) == manifest_path
     assert finalized["files"] == spec.job_count

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from flexflow.deploy.harness import Deployment, wait_until
+from flexflow.spec import load_spec
 from tests.deployment.helpers import (
     BROKEN_PROBLEM,
     BROKEN_SPECS,
+    EXAMPLES,
     PAUSED_AT_START,
     SPECS,
     WORKERS,
@@ -22,6 +24,7 @@ from tests.deployment.helpers import (
     check_published,
     finish,
     measured,
+    spec_file,
     trigger,
     wait_until_deferred,
     waits,
@@ -41,12 +44,12 @@ def test_services_are_separate_healthy_processes(deployment: Deployment) -> None
     assert len(set(pids)) == len(pids) and all(deployment.service(name).alive() for name in names)
     assert deployment.api.import_errors() == []
     dags = {dag["dag_id"]: dag for dag in deployment.api.dags()}
-    assert set(dags) == set(SPECS) | set(BROKEN_SPECS), "a broken spec hides no other DAG"
+    assert set(dags) == set(SPECS) | set(BROKEN_SPECS) | set(EXAMPLES), "a broken spec hides no other DAG"
     assert all(PAUSED_AT_START[(deployment.config, dag_id)] for dag_id in dags), "DAGs arrive paused"
-    assert not any(dag["is_paused"] for dag in dags.values()), "the fixture unpaused them through the REST API"
+    assert not any(dags[dag_id]["is_paused"] for dag_id in SPECS), "the fixture unpaused them through the REST API"
     for dag_id, dag in dags.items():
         tags = {tag["name"] for tag in dag["tags"]}
-        assert tags == ({"flexflow", "invalid"} if dag_id in BROKEN_SPECS else {"flexflow"}), dag_id
+        assert {"flexflow", "invalid"} & tags == ({"flexflow", "invalid"} if dag_id in BROKEN_SPECS else {"flexflow"})
     assert BROKEN_PROBLEM in dags["deploy_broken"]["description"], "the DAG list says what is wrong"
 
 
@@ -59,6 +62,36 @@ def test_a_run_publishes_everything_while_waits_hold_no_slot(deployment: Deploym
     assert_one_billed_job_per_image(emulator.accounting(), 3)
     assert {f["prompt"] for f in manifest["files"] if f["image"] == "poster"} == {"Poster of a lighthouse at dusk"}
     measured(deployment)["smoke"] = {"while_waiting": slots}
+
+
+def test_the_example_specs_run_as_deployed(deployment: Deployment, emulator: Any) -> None:
+    """The project's specs/, unpaused through the REST API: scheduled ones start their latest interval's
+    run (``catchup: false``), unscheduled ones are triggered; every run publishes what its spec says."""
+    emulator.configure(processing_seconds=3.0)
+    api = deployment.api
+    runs: dict[str, str] = {}
+    try:
+        for dag_id in EXAMPLES:
+            api.unpause(dag_id)
+            if load_spec(spec_file(deployment, dag_id)).schedule is None:
+                runs[dag_id] = trigger(deployment, dag_id)
+            else:
+                runs[dag_id] = wait_until(
+                    lambda dag_id=dag_id: next(iter(api.dag_runs(dag_id)), {}).get("dag_run_id"),
+                    60,
+                    f"the scheduler to start a run of {dag_id}",
+                )
+        states = {dag_id: finish(deployment, dag_id, run_id) for dag_id, run_id in runs.items()}
+    finally:
+        for dag_id in EXAMPLES:  # no more scheduled runs while the other tests count jobs
+            api.pause(dag_id)
+    assert states == dict.fromkeys(EXAMPLES, "success"), {d: api.task_states(d, r) for d, r in runs.items()}
+    assert any(run.startswith("scheduled__") for run in runs.values()), "a scheduled example ran on its schedule"
+    jobs = 0
+    for dag_id, run_id in runs.items():
+        check_published(deployment, dag_id, run_id)
+        jobs += load_spec(spec_file(deployment, dag_id)).job_count
+    assert_one_billed_job_per_image(emulator.accounting(), jobs)
 
 
 def test_killing_the_triggerer_while_twenty_jobs_wait_resubmits_nothing(deployment: Deployment, emulator: Any) -> None:
