@@ -75,6 +75,9 @@ ADMIN_USER = "admin"
 REDIS_OWNER_KEY = "flexflow-deploy:owner"
 Config = Literal["local", "celery"]
 TERMINAL_RUN_STATES = ("success", "failed")
+#: What a busy metadata database answers with (SQLite's "database is locked" is a 500): worth a retry.
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+API_ATTEMPTS = 4
 
 
 class HarnessError(RuntimeError):
@@ -227,15 +230,24 @@ class AirflowApi:
             self._token = _json(payload)["access_token"]
         return self._token
 
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, repeatable: bool | None = None, **params: Any) -> Any:
+        """One API request. An expired token is fetched again, once; a transient 5xx is retried when the
+        request is ``repeatable`` (by default every method but POST)."""
         query = {k: v for k, v in params.items() if v is not None}
         url = f"{self.base_url}/api/v2{path}" + (f"?{parse.urlencode(query, doseq=True)}" if query else "")
-        for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self.token(refresh=attempt == 2)}"}
+        retry_transient = method != "POST" if repeatable is None else repeatable
+        refreshed = False
+        for attempt in range(1, API_ATTEMPTS + 1):
+            headers = {"Authorization": f"Bearer {self.token(refresh=refreshed)}"}
             try:
                 return _json(_http(method, url, body, headers, self.timeout)[1])
             except HttpError as exc:
-                if exc.status != 401 or attempt == 2:  # an expired token is fetched again, once
+                last_attempt = attempt == API_ATTEMPTS
+                if exc.status == 401 and not refreshed and not last_attempt:
+                    refreshed = True
+                elif exc.status in TRANSIENT_STATUSES and retry_transient and not last_attempt:
+                    time.sleep(attempt)
+                else:
                     raise
         raise AssertionError("unreachable")
 
@@ -273,13 +285,22 @@ class AirflowApi:
         return self._paged(f"/dags/{_q(dag_id)}/dagRuns", "dag_runs", order_by="-run_after")
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.call("POST", f"/dags/{_q(dag_id)}/dagRuns", body)
+        """Start a manual run. Without ``run_id`` one is made up, so a retried POST cannot start two runs."""
+        chosen = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+        body = {"logical_date": None, "conf": conf or {}, "dag_run_id": chosen}
+        try:
+            return self.call("POST", f"/dags/{_q(dag_id)}/dagRuns", body, repeatable=True)
+        except HttpError as exc:
+            if exc.status == 409 and run_id is None:  # an attempt whose answer was lost created it
+                return self.dag_run(dag_id, chosen)
+            raise
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.call("GET", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
+        """Mark a run ``success``, ``failed`` or ``queued``, as the UI's buttons do (running tasks are stopped)."""
+        return self.call("PATCH", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", {"state": state})
 
     def wait_for_run(
         self, dag_id: str, run_id: str, timeout: float = 300.0, check: Callable[[], None] = lambda: None
