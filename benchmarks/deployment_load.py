@@ -32,7 +32,7 @@ depend on this machine (2 shared cores): compare the ratios within one invocatio
 
 Run::
 
-    .venv/bin/python benchmarks/deployment_load.py                      # local: about 8 minutes
+    .venv/bin/python benchmarks/deployment_load.py                      # local: about 12 minutes
     .venv/bin/python benchmarks/deployment_load.py --config celery --workers 2
     .venv/bin/python benchmarks/deployment_load.py --specs 4 --images 5 # a quick look
     .venv/bin/python benchmarks/deployment_load.py --json out/load.json
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--specs", type=int, default=20)
     parser.add_argument("--images", type=int, default=10, help="jobs per spec (2 images x seed variants)")
     # Jobs outlast the submit backlog, so waits defer and the triggerer holds them (not the executor).
-    parser.add_argument("--job-seconds", type=float, default=120.0, help="the emulator's PROCESSING time")
+    parser.add_argument("--job-seconds", type=float, default=240.0, help="the emulator's PROCESSING time")
     parser.add_argument("--queue-seconds", type=float, default=2.0)
     parser.add_argument("--parallelism", type=int, default=8, help="executor slots ([core] parallelism)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (celery only)")
