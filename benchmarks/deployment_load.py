@@ -53,11 +53,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import ROOT, stage, text_table
+from common import stage, text_table
 
-from flexflow.deploy.harness import Deployment, services_available, wait_until
+from flexflow.deploy.harness import Deployment, billing_problems, services_available, wait_until
 
-IMAGES_PER_SPEC_GROUPS = 2  # each spec: 2 images, their variants over seed make up --images jobs
 RUN_TIMEOUT = 3600.0  # seconds for the slowest run of a phase: the benchmark always ends
 
 
@@ -80,24 +79,29 @@ class Phase:
 
 def write_specs(folder: Path, publish_root: Path, count: int, images: int) -> list[str]:
     """``count`` specs of ``images`` jobs each: 2 images whose seed variants add up to ``images``."""
+    import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
-    seeds = [list(range(1, images // 2 + 1)), list(range(1, images - images // 2 + 1))]
-    dag_ids = []
-    for index in range(count):
-        dag_id = f"load_{index:02d}"
-        groups = "".join(
-            f'  - name: {name}\n    prompt: "Load test {name} {index}, flat colours"\n'
-            f"    variants: {{seed: {json.dumps(seed)}}}\n"
-            for name, seed in zip(("banner", "tile"), seeds, strict=True)
-            if seed
-        )
-        (folder / f"{dag_id}.yaml").write_text(
-            f"version: 1\ndag_id: {dag_id}\nschedule: null\nimages:\n{groups}"
-            "defaults:\n  flux: {resolution: 1MP, output_format: png}\n  poll_interval: 2s\n  retries: 2\n"
-            f"publish:\n  to: \"file://{publish_root}/{dag_id}/{{{{ run_id | replace(':', '_') }}}}\"\n"
-            f'  filename: "{{image}}{{variant}}.{{ext}}"\n  asset: flexflow://{dag_id}\n'
-        )
-        dag_ids.append(dag_id)
+    seeds = {"banner": list(range(1, images // 2 + 1)), "tile": list(range(1, images - images // 2 + 1))}
+    dag_ids = [f"load_{index:02d}" for index in range(count)]
+    for index, dag_id in enumerate(dag_ids):
+        spec = {
+            "version": 1,
+            "dag_id": dag_id,
+            "schedule": None,
+            "images": [
+                {"name": name, "prompt": f"Load test {name} {index}, flat colours", "variants": {"seed": seed}}
+                for name, seed in seeds.items()
+                if seed
+            ],
+            "defaults": {"flux": {"resolution": "1MP", "output_format": "png"}, "poll_interval": "2s", "retries": 2},
+            "publish": {
+                "to": f"file://{publish_root}/{dag_id}/{{{{ run_id | replace(':', '_') }}}}",
+                "filename": "{image}{variant}.{ext}",
+                "asset": f"flexflow://{dag_id}",
+            },
+        }
+        (folder / f"{dag_id}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return dag_ids
 
 
@@ -145,9 +149,8 @@ def run_phase(deployment: Deployment, name: str, dag_ids: Sequence[str], images_
         raise SystemExit(f"{name}: runs did not succeed: {failed}")
     images = len(dag_ids) * images_per_spec
     accounting = deployment.emulator.accounting()
-    submissions = sorted(accounting["submissions_per_key"].values())
-    if (accounting["jobs_created"], accounting["jobs_billed"], submissions) != (images, images, [1] * images):
-        raise SystemExit(f"{name}: expected exactly one billed job per image ({images}): {accounting}")
+    if problems := billing_problems(accounting, images):
+        raise SystemExit(f"{name}: not exactly one billed job per image ({images}): {'; '.join(problems)}")
     tis = [ti for dag_id, run_id in runs.items() for ti in deployment.api.task_instances(dag_id, run_id)]
     by_kind = deployment.slot_seconds(tis)
     polls = list(accounting["polls_per_job"].values())
@@ -219,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=8, help="executor slots ([core] parallelism)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (celery only)")
     parser.add_argument("--worker-concurrency", type=int, default=4, help="slots per Celery worker")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.config == "celery" and (problem := services_available()):
         print(f"cannot run the celery configuration: {problem}")
@@ -256,9 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"deployment_load-{args.config}.json").write_text(json.dumps(result, indent=2) + "\n")
     if left:
         print(f"  FAIL: {len(left)} process(es) outlived the teardown")
         return 1

@@ -55,6 +55,8 @@ from urllib import parse, request
 
 import psutil
 
+from flexflow.emulator.server import announced_url
+
 #: Every process a deployment starts (and their children) carry this variable: teardown finds stragglers by it.
 MARKER = "FLEXFLOW_DEPLOYMENT_ID"
 STATE_FILE = "deployment.json"
@@ -206,6 +208,18 @@ class EmulatorControl:
         return self._call("GET", f"/_emulator/jobs/{job_id}")
 
 
+def billing_problems(accounting: dict[str, Any], jobs: int) -> list[str]:
+    """What keeps the emulator's ``accounting`` from "exactly one billed job per image, each submitted once"."""
+    submissions = sorted(accounting["submissions_per_key"].values())
+    checks = {
+        f"{accounting['jobs_created']} jobs created, not {jobs}": accounting["jobs_created"] == jobs,
+        f"{accounting['jobs_billed']} jobs billed, not {jobs}": accounting["jobs_billed"] == jobs,
+        f"duplicates {accounting['duplicates']}": accounting["duplicates"] == {"by_key": {}, "by_body": 0},
+        f"a request was resubmitted: submissions per key {submissions}": submissions == [1] * jobs,
+    }
+    return [problem for problem, holds in checks.items() if not holds]
+
+
 # -- Airflow's public REST API (v2) --------------------------------------------------------------------------
 
 
@@ -230,12 +244,12 @@ class AirflowApi:
             self._token = _json(payload)["access_token"]
         return self._token
 
-    def call(self, method: str, path: str, body: Any = None, *, repeatable: bool | None = None, **params: Any) -> Any:
-        """One API request. An expired token is fetched again, once; a transient 5xx is retried when the
-        request is ``repeatable`` (by default every method but POST)."""
+    def call(self, method: str, path: str, body: Any = None, *, repeatable: bool = False, **params: Any) -> Any:
+        """One API request. An expired token is fetched again, once; a transient 5xx is retried for every
+        method but POST, and for a POST the caller says is ``repeatable``."""
         query = {k: v for k, v in params.items() if v is not None}
         url = f"{self.base_url}/api/v2{path}" + (f"?{parse.urlencode(query, doseq=True)}" if query else "")
-        retry_transient = method != "POST" if repeatable is None else repeatable
+        retry_transient = repeatable or method != "POST"
         refreshed = False
         for attempt in range(1, API_ATTEMPTS + 1):
             headers = {"Authorization": f"Bearer {self.token(refresh=refreshed)}"}
@@ -1010,8 +1024,6 @@ class Deployment:
         self.services.append(service.start())
 
         def announced() -> str | None:
-            from flexflow.emulator.server import announced_url
-
             lines = service.log_path.read_text(errors="replace").splitlines()
             return next((url for url in map(announced_url, lines) if url), None)
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from flexflow.deploy.harness import TERMINAL_RUN_STATES, Deployment, wait_until
-from flexflow.spec import load_spec
 from tests.deployment.helpers import (
     BROKEN_PROBLEM,
     BROKEN_SPECS,
@@ -24,7 +23,6 @@ from tests.deployment.helpers import (
     check_published,
     finish,
     measured,
-    spec_file,
     trigger,
     wait_until_deferred,
     waits,
@@ -73,7 +71,7 @@ def test_the_example_specs_run_as_deployed(deployment: Deployment, emulator: Any
     try:
         for dag_id in EXAMPLES:
             api.unpause(dag_id)
-            if load_spec(spec_file(deployment, dag_id)).schedule is None:
+            if EXAMPLES[dag_id].schedule is None:
                 runs[dag_id] = trigger(deployment, dag_id)
             else:
                 runs[dag_id] = wait_until(
@@ -90,10 +88,9 @@ def test_the_example_specs_run_as_deployed(deployment: Deployment, emulator: Any
                     api.set_run_state(dag_id, run["dag_run_id"], "failed")
     assert states == dict.fromkeys(EXAMPLES, "success"), {d: api.task_states(d, r) for d, r in runs.items()}
     assert any(run.startswith("scheduled__") for run in runs.values()), "a scheduled example ran on its schedule"
-    jobs = 0
     for dag_id, run_id in runs.items():
         check_published(deployment, dag_id, run_id)
-        jobs += load_spec(spec_file(deployment, dag_id)).job_count
+    jobs = sum(spec.job_count for spec in EXAMPLES.values())
     assert_one_billed_job_per_image(emulator.accounting(), jobs)
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flexflow.deploy.harness import MARKER, Service, free_port, marked_processes, services_available, wait_until
+from flexflow.deploy.harness import (
+    MARKER,
+    Service,
+    billing_problems,
+    free_port,
+    marked_processes,
+    services_available,
+    wait_until,
+)
 
 pytestmark = pytest.mark.deployment
 
@@ -73,3 +81,21 @@ def test_the_command_describes_itself() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "up" in result.stdout and "down" in result.stdout
+
+
+def test_billing_problems_name_each_departure_from_one_billed_job_per_image() -> None:
+    clean = {
+        "jobs_created": 2,
+        "jobs_billed": 2,
+        "duplicates": {"by_key": {}, "by_body": 0},
+        "submissions_per_key": {"k1": 1, "k2": 1},
+    }
+    assert billing_problems(clean, 2) == []
+    resubmitted = clean | {"jobs_created": 3, "jobs_billed": 3, "submissions_per_key": {"k1": 2, "k2": 1}}
+    assert billing_problems(resubmitted, 2) == [
+        "3 jobs created, not 2",
+        "3 jobs billed, not 2",
+        "a request was resubmitted: submissions per key [1, 2]",
+    ]
+    duplicated = clean | {"duplicates": {"by_key": {}, "by_body": 1}}
+    assert billing_problems(duplicated, 2) == ["duplicates {'by_key': {}, 'by_body': 1}"]

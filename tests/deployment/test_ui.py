@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from PIL import Image
 
-from flexflow.deploy.harness import Deployment
-from tests.deployment.helpers import BROKEN_PROBLEM, finish, spec_file, trigger
+pytest.importorskip("playwright.sync_api", reason="the browser tests need flexflow's 'deploy' extra (playwright)")
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+from flexflow.deploy.harness import Deployment
+from tests.deployment.helpers import BROKEN_PROBLEM, ROOT, finish, spec_file, trigger
 
 pytestmark = [pytest.mark.deployment, pytest.mark.parametrize("deployment", ["local"], indirect=True)]
 
@@ -37,7 +37,6 @@ CHROMIUM_FLAGS = [
 ]
 VIEWPORT = {"width": 1400, "height": 900}
 UI_TIMEOUT_MS = 60_000  # a page's first render on a busy 2-core machine
-ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("FLEXFLOW_ARTIFACTS_DIR") or ROOT / "out" / "deployment") / "screenshots"
 
 
@@ -45,8 +44,6 @@ SCREENSHOTS = Path(os.environ.get("FLEXFLOW_ARTIFACTS_DIR") or ROOT / "out" / "d
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed: `python3 dev.py test` installs Debian's chromium (as root)")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
@@ -58,8 +55,6 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, deployment: Deployment) -> Iterator[Page]:
     """A fresh browser context, logged in through the UI's sign-in form as the deployment's admin."""
-    from playwright.sync_api import expect
-
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
@@ -87,8 +82,6 @@ def screenshot(page: Page, name: str) -> Path:
 
 
 def open_dag(page: Page, deployment: Deployment, dag_id: str) -> None:
-    from playwright.sync_api import expect
-
     page.goto(f"{deployment.api_url}/dags/{dag_id}")
     expect(page.get_by_role("heading", name=dag_id)).to_be_visible()
 
@@ -108,8 +101,6 @@ def graph_nodes(page: Page) -> list[str]:
 
 
 def test_the_graph_shows_each_image_as_a_task_group(page: Page, deployment: Deployment) -> None:
-    from playwright.sync_api import expect
-
     open_dag(page, deployment, "deploy_smoke")
     page.get_by_role("button", name="Show Graph (Press g)").click()
     expect(page.locator(".react-flow__node", has_text="Task Group")).to_have_count(2)
@@ -136,8 +127,6 @@ def test_the_dag_docs_show_the_spec(page: Page, deployment: Deployment) -> None:
 
 
 def test_the_submit_task_links_to_its_apiframe_job(page: Page, deployment: Deployment, emulator: Any) -> None:
-    from playwright.sync_api import expect
-
     emulator.configure(processing_seconds=2.0)
     run_id = trigger(deployment, "deploy_single")
     assert finish(deployment, "deploy_single", run_id) == "success"
@@ -158,8 +147,6 @@ def test_the_submit_task_links_to_its_apiframe_job(page: Page, deployment: Deplo
 
 
 def test_a_broken_spec_is_visible_as_such(page: Page, deployment: Deployment) -> None:
-    from playwright.sync_api import expect
-
     page.goto(f"{deployment.api_url}/dags?tags=invalid")
     expect(page.get_by_role("link", name="deploy_broken")).to_be_visible()
     expect(page.get_by_text("1 Dag", exact=True)).to_be_visible()  # only the broken spec is tagged invalid
