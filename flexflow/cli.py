@@ -10,13 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from flexflow import __version__
-from flexflow.client import FlexflowError
 from flexflow.compiler.layout import task_layout
 from flexflow.contract import output_size
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
+from flexflow.errors import FlexflowError
 from flexflow.spec import SpecError, find_spec_files, load_folder, load_spec, spec_schema
 from flexflow.spec.report import render_json, render_text, use_color
 

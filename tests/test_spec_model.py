@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flexflow import defaults
 from flexflow.contract import DEFAULTS, apply_defaults
 from flexflow.spec import Spec, load_spec, parse_spec
 from flexflow.spec import model as spec_model
@@ -110,9 +111,9 @@ def test_task_settings_layer_model_then_spec_then_image(layered: Spec) -> None:
     assert (own.retries, plain.retries) == (0, 5)
     assert own.timeout == plain.timeout == timedelta(hours=1, minutes=30)
     assert own.retry_delay == timedelta(seconds=30)
-    assert plain.retry_delay == spec_model.DEFAULT_RETRY_DELAY == timedelta(minutes=1)
+    assert plain.retry_delay == defaults.RETRY_DELAY == timedelta(minutes=1)
     assert own.poll_interval == timedelta(milliseconds=500)
-    assert plain.poll_interval == spec_model.DEFAULT_POLL_INTERVAL
+    assert plain.poll_interval == defaults.POLL_INTERVAL
     assert plain.webhook_url is None
 
 

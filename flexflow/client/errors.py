@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-
-class FlexflowError(Exception):
-    """Base of every error flexflow raises on purpose."""
+from flexflow.errors import FlexflowError
 
 
 class ApiError(FlexflowError):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-DEFAULT_POLL_INTERVAL = 2.0
-DEFAULT_MAX_POLL_INTERVAL = 30.0
+from flexflow import defaults
+
+DEFAULT_POLL_INTERVAL = defaults.POLL_INTERVAL.total_seconds()
+DEFAULT_MAX_POLL_INTERVAL = defaults.MAX_POLL_INTERVAL.total_seconds()
 YOUNG_JOB_SECONDS = 60.0
 YOUNG_JOB_CAP = 4.5  # with the spread (<= 4.95 s), a request and some loop lag: seen within about 5 s
 GROWTH = 1.5

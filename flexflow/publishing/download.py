@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx2
 from PIL import Image
 
-from flexflow.client.errors import FlexflowError
+from flexflow.errors import FlexflowError
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 3

@@ -9,17 +9,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from flexflow.client import polling as client_polling
 from flexflow.contract.params import JsonScalar, apply_defaults
 from flexflow.contract.sizes import credit_cost, megapixels
-
-DEFAULT_FILENAME = "{image}{variant}.{ext}"
-DEFAULT_CONNECTION_ID = "apiframe_default"
-DEFAULT_OWNER = "flexflow"
-DEFAULT_RETRIES = 2
-DEFAULT_RETRY_DELAY = timedelta(minutes=1)
-DEFAULT_TIMEOUT = timedelta(minutes=20)
-DEFAULT_POLL_INTERVAL = timedelta(seconds=client_polling.DEFAULT_POLL_INTERVAL)
 
 
 def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
