@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from flexflow.compiler.loader import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import Spec, SpecError, load_spec
 from flexflow.spec.report import render_text, use_color
 
-BUNDLE_FILE = "flexflow_run.py"
+BUNDLE_FILE = DAG_FILE_NAME
 RESULT_FILE = "last-run.json"
 #: The embedded emulator's jobs: quick, but slow enough to see them queue and process.
 DEMO_EMULATOR = EmulatorConfig(queue_seconds=0.5, processing_seconds=2.0)
@@ -61,6 +62,7 @@ class RunHome:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([bundle]),
+            SPECS_DIR_ENV: "",  # the bundle's DAG file names its one spec; a deployment's folder must not win
         }
 
 
@@ -70,11 +72,7 @@ def prepare(home: RunHome, spec_file: Path, connection_id: str | None) -> None:
     home.logs.mkdir(parents=True, exist_ok=True)
     for stale in home.dags.glob("*.py"):
         stale.unlink()
-    (home.dags / BUNDLE_FILE).write_text(
-        '"""Written by `flexflow run`: the DAG of one spec (Airflow looks for "dag" and "airflow" here)."""\n'
-        "from pathlib import Path\n\nfrom flexflow.compiler.loader import compile_files\n\n"
-        f"globals().update(compile_files([Path({str(spec_file)!r})], connection_id={connection_id!r}))\n"
-    )
+    (home.dags / BUNDLE_FILE).write_text(dag_file_source(str(spec_file), connection_id))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 import flexflow.compiler.loader as loader_module
 import flexflow.spec.loader as spec_loader
 from flexflow.compiler.dag import FLEXFLOW_TAG, INVALID_TAG
-from flexflow.compiler.loader import SPECS_DIR_ENV, load_dags, specs_dir
+from flexflow.compiler.loader import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source, load_dags, specs_path
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module
 from tests.conftest import ROOT
@@ -123,7 +123,7 @@ def doc_problems(doc_md: str) -> list[str]:
 
 
 def test_every_valid_spec_becomes_a_dag_and_broken_ones_are_flagged(spec_folder: Path) -> None:
-    dags = load_dags(spec_folder)
+    dags = load_dags(__file__, str(spec_folder))
     assert set(dags) == {*VALID_IDS, "loader_broken", "loader_shared"}
     for dag_id in VALID_IDS:
         assert dags[dag_id].dag_id == dag_id
@@ -133,7 +133,7 @@ def test_every_valid_spec_becomes_a_dag_and_broken_ones_are_flagged(spec_folder:
 
 
 def test_a_broken_spec_is_a_dag_under_its_id_that_shows_and_fails_with_its_problems(spec_folder: Path) -> None:
-    broken = load_dags(spec_folder)["loader_broken"]
+    broken = load_dags(__file__, str(spec_folder))["loader_broken"]
     assert broken.dag_id == "loader_broken"
     assert set(broken.tags) == {FLEXFLOW_TAG, INVALID_TAG}
     assert broken.schedule is None, "a broken spec's DAG never runs by itself"
@@ -150,7 +150,7 @@ def test_a_broken_spec_is_a_dag_under_its_id_that_shows_and_fails_with_its_probl
 
 
 def test_duplicate_dag_ids_report_both_files_and_neither_wins(spec_folder: Path) -> None:
-    shared = load_dags(spec_folder)["loader_shared"]
+    shared = load_dags(__file__, str(spec_folder))["loader_shared"]
     assert INVALID_TAG in shared.tags
     assert shared.task_ids == ["invalid_spec"], "neither copy was compiled"
     daily, weekly = (str(spec_folder / name) for name in sorted(DUPLICATES))
@@ -171,7 +171,7 @@ def test_a_broken_spec_claiming_a_valid_spec_id_does_not_replace_it(tmp_path: Pa
         tmp_path,
         {"alpha.yaml": VALID["alpha.yaml"], "alpha_broken.yaml": BROKEN[1].replace("loader_broken", "loader_alpha")},
     )
-    dags = load_dags(folder)
+    dags = load_dags(__file__, str(folder))
     assert set(dags) == {"loader_alpha", "loader_alpha__invalid"}
     assert INVALID_TAG not in dags["loader_alpha"].tags
     assert INVALID_TAG in dags["loader_alpha__invalid"].tags
@@ -314,7 +314,7 @@ def test_parsing_context_compiles_only_the_running_dags_spec(
     calls, read = loaded_files
     monkeypatch.setenv(PARSING_DAG_ID, "loader_alpha")
     monkeypatch.setenv(PARSING_TASK_ID, "hero.submit")
-    dags = load_dags(spec_folder)
+    dags = load_dags(__file__, str(spec_folder))
     assert list(dags) == ["loader_alpha"]
     assert calls == [[spec_folder / "alpha.yaml"]]
     assert read == [spec_folder / "alpha.yaml"], "the broken and the other specs were not even loaded"
@@ -325,7 +325,7 @@ def test_parsing_context_of_a_broken_dag_still_shows_its_problems(
 ) -> None:
     _, read = loaded_files
     monkeypatch.setenv(PARSING_DAG_ID, "loader_broken")
-    dags = load_dags(spec_folder)
+    dags = load_dags(__file__, str(spec_folder))
     assert list(dags) == ["loader_broken"]
     assert INVALID_TAG in dags["loader_broken"].tags
     assert read == [spec_folder / "broken.yaml"]
@@ -336,7 +336,7 @@ def test_parsing_context_of_duplicates_loads_both_copies(
 ) -> None:
     _, read = loaded_files
     monkeypatch.setenv(PARSING_DAG_ID, "loader_shared")
-    dags = load_dags(spec_folder)
+    dags = load_dags(__file__, str(spec_folder))
     assert list(dags) == ["loader_shared"]
     assert sorted(read) == sorted(spec_folder / name for name in DUPLICATES), "still neither copy wins"
     assert dags["loader_shared"].task_ids == ["invalid_spec"]
@@ -347,7 +347,7 @@ def test_parsing_context_for_an_id_no_file_claims_loads_everything(
 ) -> None:
     _, read = loaded_files
     monkeypatch.setenv(PARSING_DAG_ID, "loader_broken__invalid")
-    assert set(load_dags(spec_folder)) == {*VALID_IDS, "loader_broken", "loader_shared"}
+    assert set(load_dags(__file__, str(spec_folder))) == {*VALID_IDS, "loader_broken", "loader_shared"}
     assert len(read) == 5
 
 
@@ -364,11 +364,11 @@ def test_parsing_context_gives_the_dag_the_scheduler_has_even_for_an_unusual_dag
             "quoted.yaml": DUPLICATES["shared_weekly.yaml"].replace("\ndag_id:", '\n"dag_id":'),
         },
     )
-    scheduler = load_dags(folder)
+    scheduler = load_dags(__file__, str(folder))
     assert scheduler["loader_shared"].task_ids == ["invalid_spec"]
     monkeypatch.setenv(PARSING_DAG_ID, "loader_shared")
     monkeypatch.setenv(PARSING_TASK_ID, "invalid_spec")
-    worker = load_dags(folder)
+    worker = load_dags(__file__, str(folder))
     assert worker["loader_shared"].task_ids == ["invalid_spec"], (
         "with the parsing context only plain.yaml was compiled: the duplicate in quoted.yaml was missed"
     )
@@ -382,26 +382,30 @@ def dags_of(module: Any) -> dict[str, Any]:
     return {dag.dag_id: dag for dag in vars(module).values() if hasattr(dag, "tasks") and hasattr(dag, "test")}
 
 
+def test_the_project_dag_file_is_the_one_stub() -> None:
+    assert (ROOT / "dags" / DAG_FILE_NAME).read_text() == dag_file_source("../specs")
+
+
 def test_the_dag_folder_file_reads_flexflow_specs_dir(spec_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SPECS_DIR_ENV, str(spec_folder))
-    assert specs_dir(default=ROOT / "specs") == spec_folder
+    assert specs_path(ROOT / "dags" / DAG_FILE_NAME, "../specs") == spec_folder
     dags = dags_of(load_module(ROOT / "dags" / "flexflow_dags.py"))
     assert set(dags) == {*VALID_IDS, "loader_broken", "loader_shared"}, "the examples in specs/ are not loaded"
 
 
 def test_without_flexflow_specs_dir_the_default_folder_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SPECS_DIR_ENV, raising=False)
-    assert specs_dir(default=ROOT / "specs") == ROOT / "specs"
+    assert specs_path(ROOT / "dags" / DAG_FILE_NAME, "../specs") == ROOT / "specs"
     monkeypatch.setenv(SPECS_DIR_ENV, "")
-    assert specs_dir(default=ROOT / "specs") == ROOT / "specs", "an empty value means unset"
+    assert specs_path(ROOT / "dags" / DAG_FILE_NAME, "../specs") == ROOT / "specs", "an empty value means unset"
 
 
 def test_a_missing_specs_folder_gives_no_dags_and_no_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "no-such-folder"
-    assert load_dags(missing) == {}
+    assert load_dags(__file__, str(missing)) == {}
     monkeypatch.setenv(SPECS_DIR_ENV, str(missing))
     assert dags_of(load_module(ROOT / "dags" / "flexflow_dags.py")) == {}
 
 
 def test_an_empty_specs_folder_gives_no_dags(tmp_path: Path) -> None:
-    assert load_dags(tmp_path) == {}
+    assert load_dags(__file__, str(tmp_path)) == {}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from flexflow.compiler.loader import DAG_FILE_NAME, dag_file_source
 from flexflow.spec import load_spec
 from tests.conftest import ROOT
 
@@ -47,7 +48,7 @@ def test_run_publishes_the_spec_and_writes_a_contact_sheet(tmp_path: Path, airfl
     assert sheet.count("<figure>") == spec.job_count
     assert 'src="story_seed-1.png"' in sheet
     assert "Vertical story background for Spring 2027" in sheet, "the rendered prompt is shown"
-    assert (home / "dags/flexflow_run.py").read_text().count("compile_files") == 2
+    assert (home / "dags" / DAG_FILE_NAME).read_text() == dag_file_source(str(SPEC.resolve())), "the one DAG-file stub"
 
 
 def test_a_failed_run_exits_1_and_names_the_failed_tasks(tmp_path: Path, airflow_db: Path) -> None:

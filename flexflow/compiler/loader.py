@@ -19,15 +19,37 @@ from flexflow.spec.cache import SpecCache
 from flexflow.spec.loader import claimed_dag_id, find_spec_files, load_folder
 
 SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
+DAG_FILE_NAME = "flexflow_dags.py"
 
 
-def specs_dir(default: Path) -> Path:
-    """``FLEXFLOW_SPECS_DIR`` when set, else the given default (``specs/`` beside the project)."""
-    return Path(os.environ.get(SPECS_DIR_ENV) or default)
+def dag_file_source(specs: str, connection_id: str | None = None) -> str:
+    """The text of a DAG file that compiles the specs at ``specs`` (relative to the file, or absolute).
+
+    One stub for every place a DAG file is needed: ``dags/flexflow_dags.py``, the bundle ``flexflow run``
+    writes and the deployment harness's bundle. ``FLEXFLOW_SPECS_DIR`` overrides ``specs`` when set;
+    ``connection_id`` replaces the specs' own Airflow connection (``flexflow run --connection``).
+    """
+    arguments = f"__file__, {specs!r}" + (f", connection_id={connection_id!r}" if connection_id else "")
+    return (
+        '"""flexflow\'s DAG file: every spec under FLEXFLOW_SPECS_DIR (default: the path below, relative to\n'
+        'this file) becomes an Airflow DAG. Copy this file into a DAG bundle to deploy flexflow."""\n\n'
+        "from flexflow.compiler.loader import load_dags\n\n"
+        '# "airflow" and "dag" in this file tell Airflow\'s safe-mode scan that it defines DAGs.\n'
+        f"globals().update(load_dags({arguments}))\n"
+    )
 
 
-def load_dags(folder: Path) -> dict[str, DAG]:
-    """DAGs of every spec under ``folder``; broken specs become flagged DAGs that show their problems."""
+def specs_path(dag_file: str | Path, specs: str) -> Path:
+    """``FLEXFLOW_SPECS_DIR`` when set, else ``specs`` resolved against the DAG file's folder."""
+    return Path(os.environ.get(SPECS_DIR_ENV) or (Path(dag_file).resolve().parent / specs).resolve())
+
+
+def load_dags(dag_file: str | Path, specs: str, connection_id: str | None = None) -> dict[str, DAG]:
+    """DAGs of every spec at ``specs_path(dag_file, specs)``: a folder of specs or one spec file.
+
+    Broken specs become flagged DAGs that show their problems.
+    """
+    folder = specs_path(dag_file, specs)
     files = find_spec_files([folder]) if folder.exists() else []
     wanted = get_parsing_context().dag_id
     if wanted:
@@ -37,11 +59,11 @@ def load_dags(folder: Path) -> dict[str, DAG]:
         claimed = {file: claimed_dag_id(file) for file in files}
         if wanted in claimed.values():
             files = [file for file, dag_id in claimed.items() if dag_id in (wanted, None)]
-    return compile_files(files)
+    return compile_files(files, connection_id)
 
 
 def compile_files(files: list[Path], connection_id: str | None = None) -> dict[str, DAG]:
-    """DAGs of the given spec files (``connection_id`` replaces the specs' own, for ``flexflow run``)."""
+    """DAGs of the given spec files (``connection_id`` replaces the specs' own)."""
     result = load_folder(files, SpecCache())
     specs = [replace(s, connection_id=connection_id) if connection_id else s for s in result.specs]
     dags = {spec.dag_id: compile_spec(spec) for spec in specs}

@@ -21,6 +21,7 @@ from croniter import croniter
 from jinja2 import Environment, TemplateSyntaxError
 from jsonschema.exceptions import ValidationError
 
+from flexflow import defaults as fallback
 from flexflow.errors import FlexflowError
 from flexflow.spec import model
 from flexflow.spec.cache import SpecCache
@@ -329,14 +330,14 @@ def _build(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
         start_date=_parse_start(data["start_date"]) if data.get("start_date") else None,
         catchup=data.get("catchup", False),
         tags=tuple(data.get("tags", ())),
-        owner=data.get("owner", defaults.OWNER),
-        connection_id=data.get("connection_id", defaults.CONNECTION_ID),
+        owner=data.get("owner", fallback.OWNER),
+        connection_id=data.get("connection_id", fallback.CONNECTION_ID),
         params=model.frozen(data.get("params", {})),
         images=tuple(_image(image, defaults) for image in data["images"]),
         publish=model.PublishSpec(
             to=publish["to"],
             conn_id=publish.get("conn_id"),
-            filename=publish.get("filename", defaults.FILENAME),
+            filename=publish.get("filename", fallback.FILENAME),
             manifest=publish.get("manifest", True),
             asset=publish.get("asset", f"flexflow://{dag_id}"),
         ),
@@ -354,10 +355,10 @@ def _image(image: Mapping[str, Any], defaults: Mapping[str, Any]) -> model.Image
         flux=model.image_flux(defaults.get("flux", {}), image.get("flux", {})),
         variant_keys=tuple(variants),
         variants=model.build_variants(variants),
-        retries=setting("retries", defaults.RETRIES),
-        retry_delay=_duration(setting("retry_delay", None), defaults.RETRY_DELAY),
-        timeout=_duration(setting("timeout", None), defaults.JOB_TIMEOUT),
-        poll_interval=_duration(setting("poll_interval", None), defaults.POLL_INTERVAL),
+        retries=setting("retries", fallback.RETRIES),
+        retry_delay=_duration(setting("retry_delay", None), fallback.RETRY_DELAY),
+        timeout=_duration(setting("timeout", None), fallback.JOB_TIMEOUT),
+        poll_interval=_duration(setting("poll_interval", None), fallback.POLL_INTERVAL),
         webhook_url=setting("webhook_url", None),
     )
 
