@@ -8,10 +8,12 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TypedDict
 
 from flexflow import __version__
 from flexflow.compiler.layout import task_layout
 from flexflow.contract import output_size
+from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
@@ -25,6 +27,26 @@ DEFAULT_HOME = Path(".flexflow/airflow-home")
 #: Black Forest Labs' FLUX.2 [flex] price: about $0.05 per started megapixel.
 DEFAULT_PRICE_PER_MEGAPIXEL = Decimal("0.05")
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+class PlanTask(TypedDict):
+    """One task of ``flexflow plan`` (a row of its task table, an item of its JSON ``tasks``)."""
+
+    task_id: str
+    operator: str
+    upstream: list[str]
+    mapped: int | None
+
+
+class PlanJob(TypedDict):
+    """One image job of ``flexflow plan``; the ``fluxParams`` values as the spec resolved them."""
+
+    image: str
+    variant: str
+    resolution: JsonScalar
+    aspect_ratio: JsonScalar
+    pixels: str
+    output_format: JsonScalar
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -63,27 +85,29 @@ def _plan(args: argparse.Namespace) -> int:
     price = Decimal(args.price_per_megapixel)
     jobs = spec.jobs()
     billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
+    tasks = [
+        PlanTask(task_id=t.task_id, operator=t.operator, upstream=list(t.upstream), mapped=t.mapped)
+        for t in task_layout(spec)
+    ]
+    plan_jobs = [
+        PlanJob(
+            image=image.name,
+            variant=variant.label,
+            resolution=flux["resolution"],
+            aspect_ratio=flux["aspect_ratio"],
+            pixels="x".join(map(str, output_size(flux))),
+            output_format=flux["output_format"],
+        )
+        for image, variant, flux in jobs
+    ]
     plan = {
         "dag_id": spec.dag_id,
         "file": spec.path,
         "schedule": spec.schedule,
         "connection_id": spec.connection_id,
         "publish_to": spec.publish.to,
-        "tasks": [
-            {"task_id": t.task_id, "operator": t.operator, "upstream": list(t.upstream), "mapped": t.mapped}
-            for t in task_layout(spec)
-        ],
-        "jobs": [
-            {
-                "image": image.name,
-                "variant": variant.label,
-                "resolution": flux["resolution"],
-                "aspect_ratio": flux["aspect_ratio"],
-                "pixels": "x".join(map(str, output_size(flux))),
-                "output_format": flux["output_format"],
-            }
-            for image, variant, flux in jobs
-        ],
+        "tasks": tasks,
+        "jobs": plan_jobs,
         "jobs_per_run": len(jobs),
         "megapixels_per_run": spec.megapixels,
         "billed_megapixels_per_run": billed,
@@ -97,14 +121,14 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"schedule {spec.schedule or 'manual only'} | connection {spec.connection_id} | publish {spec.publish.to}\n")
     _table(
         ["task", "operator", "upstream", "instances"],
-        [[t["task_id"], t["operator"], ", ".join(t["upstream"]) or "-", str(t["mapped"] or 1)] for t in plan["tasks"]],
+        [[t["task_id"], t["operator"], ", ".join(t["upstream"]) or "-", str(t["mapped"] or 1)] for t in tasks],
     )
     print()
     _table(
         ["image", "variant", "resolution", "aspect", "pixels", "format"],
         [
             [j["image"], j["variant"] or "-", j["resolution"], j["aspect_ratio"], j["pixels"], j["output_format"]]
-            for j in plan["jobs"]
+            for j in plan_jobs
         ],
     )
     print(
@@ -114,7 +138,8 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _table(header: list[str], rows: list[list[str]]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print left-aligned columns; every cell is shown as ``str(cell)``."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

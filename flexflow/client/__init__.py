@@ -8,7 +8,6 @@ from flexflow.client.errors import (
     ApiStatusError,
     ApiTimeout,
     AuthenticationFailed,
-    FlexflowError,
     IdempotencyConflict,
     InsufficientCredits,
     JobNotFound,
@@ -20,6 +19,7 @@ from flexflow.client.errors import (
 )
 from flexflow.client.models import Job, parse_result
 from flexflow.client.retry import NO_RETRIES, RetryPolicy
+from flexflow.errors import FlexflowError
 
 __all__ = [
     "DEFAULT_TIMEOUT",

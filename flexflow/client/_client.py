@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from functools import cache
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import httpx2
 
@@ -86,7 +86,8 @@ class FluxClient:
                 else:
                     step = flow.send(response)
         except StopIteration as done:
-            return done.value
+            # StopIteration is not generic: its value is what the Flow[T] returned, a T.
+            return cast(T, done.value)
 
     def close(self) -> None:
         self._http.close()
@@ -154,7 +155,8 @@ class AsyncFluxClient:
                 else:
                     step = flow.send(response)
         except StopIteration as done:
-            return done.value
+            # StopIteration is not generic: its value is what the Flow[T] returned, a T.
+            return cast(T, done.value)
 
     async def aclose(self) -> None:
         await self._http.aclose()

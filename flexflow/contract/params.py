@@ -37,13 +37,20 @@ class FluxParam:
 
     @property
     def has_range(self) -> bool:
-        return self.minimum is not None and self.maximum is not None
+        return self.bounds is not None
+
+    @property
+    def bounds(self) -> tuple[Decimal, Decimal] | None:
+        """``(minimum, maximum)`` as exact decimals, or None when the parameter has no range."""
+        if self.minimum is None or self.maximum is None:
+            return None
+        return Decimal(self.minimum), Decimal(self.maximum)
 
     def allowed_numbers(self) -> tuple[Decimal, ...]:
         """Every value a stepped number may take, exactly, from minimum to maximum."""
-        if not (self.has_range and self.step):
+        if self.bounds is None or not self.step:
             raise ValueError(f"{self.name} has no finite set of values")
-        low, high, step = Decimal(self.minimum), Decimal(self.maximum), Decimal(self.step)
+        (low, high), step = self.bounds, Decimal(self.step)
         count = int((high - low) / step)
         return tuple(low + step * i for i in range(count + 1))
 

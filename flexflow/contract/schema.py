@@ -38,9 +38,10 @@ def param_schema(param: FluxParam) -> dict[str, Any]:
         schema["enum"] = list(param.choices)
     if param.url:
         schema.update(format="uri", pattern=HTTP_URL_PATTERN)
-    if param.has_range:
-        schema["minimum"] = _json_number(Decimal(param.minimum))
-        schema["maximum"] = _json_number(Decimal(param.maximum))
+    if param.bounds is not None:
+        low, high = param.bounds
+        schema["minimum"] = _json_number(low)
+        schema["maximum"] = _json_number(high)
     if param.step and param.type == "number":
         schema["enum"] = [_json_number(v) for v in param.allowed_numbers()]
     description = f"{param.description} Allowed: {param.allowed_text()}."
@@ -130,7 +131,13 @@ Hint = Callable[[tuple[str | int, ...], ValidationError], str | None]
 def describe(error: ValidationError, hint: Hint | None = None) -> list[Problem]:
     """Turn a jsonschema error into problems whose message names the key and what it allows."""
     path = tuple(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+    # The schema is a mapping whenever its additionalProperties fired; the check narrows the type
+    # (jsonschema types ``error.schema`` as mapping, boolean schema or unset).
+    if (
+        error.validator == "additionalProperties"
+        and isinstance(error.instance, Mapping)
+        and isinstance(error.schema, Mapping)
+    ):
         known = error.schema.get("properties", {})
         return [
             Problem((*path, key), f"unknown key '{key}'{did_you_mean(key, known)}; allowed: {', '.join(known)}")

@@ -352,8 +352,10 @@ async def _discard(message: Message) -> None:
 
 def _cut_connection(send: Send) -> None:
     """Close the TCP connection without a response. Relies on uvicorn's per-request cycle object."""
+    # uvicorn's cycle classes (h11 and httptools) are private, hence getattr rather than a type.
     cycle = getattr(send, "__self__", None)
-    if getattr(cycle, "transport", None) is None:
+    transport = getattr(cycle, "transport", None)
+    if cycle is None or transport is None:
         raise RuntimeError("connection faults need the emulator to run under uvicorn")
-    cycle.transport.close()
+    transport.close()
     cycle.disconnected = True  # so uvicorn does not try to answer 500 on the closed connection
