@@ -76,7 +76,7 @@ from common import ROOT, WORDS, SpecShape, generate_specs
 
 sys.path.insert(0, str(ROOT))
 
-from flexflow.spec.loader import load_folder
+from flexflow.spec.folder import load_folder
 from flexflow.spec.model import Spec, thawed
 
 PYTHON = sys.executable

@@ -186,39 +186,30 @@ def main() -> int:
 
 
 def stages(texts: list[str], passes: int) -> None:
-    """Where a warm parse_spec goes: each stage of the loader timed alone (private functions; best pass)."""
+    """Where a warm parse_spec goes: each stage of loading timed alone (its module's function; best pass)."""
     try:
-        from flexflow.spec import loader
-        from flexflow.spec.schema import spec_checker
+        from flexflow.spec.build import build_spec
+        from flexflow.spec.checks import _JINJA as jinja
+        from flexflow.spec.checks import problems_beyond_schema, secret_problems
+        from flexflow.spec.parse import schema_problems
         from flexflow.spec.yaml_source import load
 
-        hint, secret_keys, checks, build, jinja = (
-            loader._hint,
-            loader._secret_keys,
-            loader._checks,
-            loader._build,
-            loader._JINJA,
-        )
         datas = [load(text)[0] for text in texts]
-        checker = spec_checker()
         steps = {
             "YAML: compose (libyaml) + build data and positions": (load, texts),
-            "JSON Schema: compiled check (jsonschema explains only failures)": (
-                lambda d: checker.problems(d, hint),
-                datas,
-            ),
-            "secret-looking keys and values": (lambda d: list(secret_keys(d, ())), datas),
-            "checks beyond the schema (cron, Jinja, publish)": (lambda d: list(checks(d)), datas),
+            "JSON Schema: compiled check (jsonschema explains only failures)": (schema_problems, datas),
+            "secret-looking keys and values": (lambda d: list(secret_problems(d)), datas),
+            "checks beyond the schema (cron, Jinja, publish)": (lambda d: list(problems_beyond_schema(d)), datas),
             "  of which: Jinja parse of prompts and paths": (
                 lambda d: [jinja.parse(t) for t in _templates(d)],
                 datas,
             ),
             "building the model": (
-                lambda x: build(x[0], x[1], "bench.yaml"),
+                lambda x: build_spec(x[0], x[1], "bench.yaml"),
                 list(zip(datas, texts, strict=True)),
             ),
         }
-    except (ImportError, AttributeError) as exc:  # the loader's internals moved: skip this part
+    except ImportError as exc:  # the stages moved: skip this part
         print(f"\n(stage breakdown skipped: {exc})")
         return
     print("\nwarm cost per stage (best of passes):")

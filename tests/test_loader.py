@@ -16,7 +16,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 import flexflow.compiler.loader as loader_module
-import flexflow.spec.loader as spec_loader
+import flexflow.spec.folder as spec_loader
 from flexflow.compiler.dag import FLEXFLOW_TAG, INVALID_TAG
 from flexflow.compiler.loader import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source, load_dags, specs_path
 from flexflow.spec.cache import CACHE_DIR_ENV

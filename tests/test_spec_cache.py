@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flexflow.spec import SpecError, loader, parse_spec
+from flexflow.spec import SpecError, parse, parse_spec
 from flexflow.spec.cache import SpecCache
 from tests.conftest import ROOT
 
@@ -17,7 +17,7 @@ def forbid_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     def validated(*args: object) -> None:
         raise AssertionError("validated again")
 
-    monkeypatch.setattr(loader, "load", validated)
+    monkeypatch.setattr(parse, "load", validated)
 
 
 def test_a_cached_spec_is_built_without_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.sensors import FluxJobSensor
 from flexflow.compiler.layout import FINALIZE, PUBLISH, SUBMIT, WAIT
 from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
-from flexflow.spec.loader import SpecProblem
 from flexflow.spec.model import ImageSpec, Spec, thawed
+from flexflow.spec.problems import SpecProblem
 
 FLEXFLOW_TAG = "flexflow"
 INVALID_TAG = "invalid"

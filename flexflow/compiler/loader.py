@@ -16,7 +16,7 @@ from airflow.sdk import DAG, get_parsing_context
 
 from flexflow.compiler.dag import compile_broken, compile_spec
 from flexflow.spec.cache import SpecCache
-from flexflow.spec.loader import claimed_dag_id, find_spec_files, load_folder
+from flexflow.spec.folder import claimed_dag_id, find_spec_files, load_folder
 
 SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
 DAG_FILE_NAME = "flexflow_dags.py"

@@ -20,6 +20,8 @@ DAG_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"  # Airflow's key rule, ASCII only
 DURATION_PATTERN = (
     r"^(?:(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+|P(?!$)(?:\d+D)?(?:T(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$"
 )
+#: The settings written as durations (parsed by flexflow.spec.durations).
+DURATION_KEYS = ("retry_delay", "timeout", "poll_interval")
 HTTPS_URL_PATTERN = r"^https://[^\s/?#.][^\s]*$"
 PLACEHOLDERS = ("image", "variant", "ext", "job_id")
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")

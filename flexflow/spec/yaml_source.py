@@ -23,7 +23,8 @@ MAX_NODES = 100_000
 #: Deepest nesting of mappings and lists; a spec needs about six levels.
 MAX_DEPTH = 64
 
-Path = tuple[str | int, ...]
+#: Keys and indexes from the document's root to a value: ``("images", 0, "flux", "seed")``.
+KeyPath = tuple[str | int, ...]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
@@ -46,15 +47,15 @@ class YamlProblem(Exception):
 class Positions:
     """Where each path stands: 1-based (line, column) of its key (mappings) or item (sequences)."""
 
-    spots: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    spots: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
 
-    def of(self, path: Path) -> tuple[int, int]:
+    def of(self, path: KeyPath) -> tuple[int, int]:
         """The position of a path, or of its nearest ancestor that exists in the file."""
         while path not in self.spots and path:
             path = path[:-1]
         return self.spots.get(path) or self.spots.get(("<value>",), (1, 1))
 
-    def value_of(self, path: Path) -> tuple[int, int]:
+    def value_of(self, path: KeyPath) -> tuple[int, int]:
         return self.spots.get((*path, "<value>"), self.of(path))
 
 
@@ -107,7 +108,7 @@ class _Builder:
         self.nodes = 0
         self.open: set[int] = set()  # ids of the collections being built: an alias to one is a cycle
 
-    def build(self, node: yaml.Node, path: Path) -> Any:
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise YamlProblem(
@@ -116,6 +117,8 @@ class _Builder:
         self.positions.spots.setdefault((*path, "<value>"), _spot(node))
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):  # compose makes no other kind
+            raise YamlProblem(f"unexpected YAML node {type(node).__name__}", *_spot(node))
         if id(node) in self.open:
             raise YamlProblem("an alias refers to a mapping or list that contains it (a cycle)", *_spot(node))
         if len(path) >= MAX_DEPTH:
@@ -126,7 +129,7 @@ class _Builder:
         finally:
             self.open.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         if node.tag != _TAG + "map":
             raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
         result: dict[str, Any] = {}
@@ -159,7 +162,7 @@ class _Builder:
                         yield pair
         yield from own
 
-    def _sequence(self, node: yaml.SequenceNode, path: Path) -> list[Any]:
+    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
         if node.tag != _TAG + "seq":
             raise YamlProblem(f"tag {node.tag} is not allowed; specs use plain YAML", *_spot(node))
         items = []

@@ -1,0 +1,192 @@
+"""Checks beyond the schema: what JSON Schema cannot say about a spec.
+
+Secrets (a spec holds none), templates (valid Jinja, and only where rendered), the schedule (cron,
+presets, a start date), durations, unique image names, and publishing (a target inside its root,
+file names that cannot collide). Each check reads the raw data and skips values of the wrong type:
+the schema reports those.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from croniter import croniter
+from jinja2 import Environment, TemplateSyntaxError
+
+from flexflow.contract.schema import Problem
+from flexflow.spec.durations import parse_duration
+from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
+from flexflow.spec.yaml_source import KeyPath
+
+SECRET_WORDS = frozenset({"password", "passwd", "secret", "token", "apikey", "credential", "credentials"})
+SECRET_PHRASES = ("api_key", "private_key", "access_key", "auth_key")
+#: The only values rendered at run time; a template anywhere else would be sent as written.
+TEMPLATED = frozenset({("images", "prompt"), ("publish", "to"), ("publish", "filename")})
+
+_JINJA = Environment(autoescape=False)  # noqa: S701 - renders prompts and paths, never HTML
+_JINJA_BLOCK = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
+
+Finding = tuple[KeyPath, str]
+
+
+def secret_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
+    """Keys that look like secrets and values that look like API keys, anywhere in the spec."""
+    return (Problem(path, message) for path, message in _secret_keys(data, ()))
+
+
+def problems_beyond_schema(data: Mapping[str, Any]) -> Iterator[Problem]:
+    """Every other check: templates, schedule, durations, image names, publishing."""
+    return (Problem(path, message) for path, message in _checks(data))
+
+
+def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _templates_elsewhere(data, ())
+    yield from _schedule(data)
+    listed = data.get("images")
+    images: list[Any] = listed if isinstance(listed, list) else []
+    seen: dict[str, int] = {}
+    for index, image in enumerate(images):
+        if not isinstance(image, dict):
+            continue
+        name = image.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                yield ("images", index, "name"), f"image name '{name}' is already used by images[{seen[name]}]"
+            seen.setdefault(name, index)
+        yield from _template(image.get("prompt"), ("images", index, "prompt"))
+        yield from _settings(image, ("images", index))
+    if isinstance(data.get("defaults"), dict):
+        yield from _settings(data["defaults"], ("defaults",))
+    yield from _publish(data, len(images), any(isinstance(i, dict) and i.get("variants") for i in images))
+
+
+def _secret_keys(value: object, path: KeyPath) -> Iterator[Finding]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _looks_secret(key):
+                yield (
+                    (*path, key),
+                    (
+                        f"'{key}' looks like a secret; a spec holds no secrets: put the API key in the Airflow "
+                        "connection (connection_id) and storage credentials in publish.conn_id's connection"
+                    ),
+                )
+            yield from _secret_keys(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secret_keys(item, (*path, index))
+    elif isinstance(value, str) and value.startswith("afk_"):
+        yield path, "this looks like an Apiframe API key; keys belong in the Airflow connection, never in a spec"
+
+
+@lru_cache(maxsize=4096)
+def _looks_secret(key: str) -> bool:
+    normalized = key.lower().replace("-", "_")
+    return bool(SECRET_WORDS & set(normalized.split("_"))) or any(p in normalized for p in SECRET_PHRASES)
+
+
+def _templates_elsewhere(value: object, path: KeyPath) -> Iterator[Finding]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _templates_elsewhere(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _templates_elsewhere(item, (*path, index))
+    elif isinstance(value, str) and ("{{" in value or "{%" in value):
+        named = tuple(part for part in path if isinstance(part, str))
+        if (named[0], named[-1]) not in TEMPLATED:
+            yield (
+                path,
+                (
+                    "templates are rendered only in prompt, publish.to and publish.filename; "
+                    "this value would be sent as written"
+                ),
+            )
+
+
+def _schedule(data: Mapping[str, Any]) -> Iterator[Finding]:
+    schedule = data.get("schedule")
+    if isinstance(schedule, str):
+        if schedule.startswith("@"):
+            if schedule not in SCHEDULE_PRESETS:
+                hint = " (it would generate images without pause)" if schedule == "@continuous" else ""
+                yield ("schedule",), f"unknown preset '{schedule}'{hint}; use one of {', '.join(SCHEDULE_PRESETS)}"
+        elif not croniter.is_valid(schedule):
+            yield ("schedule",), f"'{schedule}' is not a valid cron expression (minute hour day month weekday)"
+    start = data.get("start_date")
+    if schedule is not None and start is None and "schedule" in data:
+        yield ("start_date",), "is required when schedule is set (write a date such as 2026-11-01)"
+    if isinstance(start, str):
+        try:
+            datetime.fromisoformat(start)  # as the model reads it (flexflow.spec.build.start_date)
+        except ValueError:
+            yield ("start_date",), f"'{start}' is not a date; write a date such as 2026-11-01"
+
+
+def _settings(settings: Mapping[str, Any], path: KeyPath) -> Iterator[Finding]:
+    for key in DURATION_KEYS:
+        value = settings.get(key)
+        if isinstance(value, str):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                yield (*path, key), str(exc)
+
+
+def _template(value: object, path: KeyPath) -> Iterator[Finding]:
+    if isinstance(value, str):
+        error = _template_error(value)
+        if error:
+            yield path, f"template error: {error}"
+
+
+@lru_cache(maxsize=4096)
+def _template_error(text: str) -> str | None:
+    """Jinja's complaint about a template, if any (text without braces needs no parse)."""
+    if "{" not in text:
+        return None
+    try:
+        _JINJA.parse(text)
+    except TemplateSyntaxError as exc:
+        return exc.message or "invalid template"
+    return None
+
+
+def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterator[Finding]:
+    publish = data.get("publish")
+    if not isinstance(publish, dict):
+        return
+    to = publish.get("to")
+    if isinstance(to, str):
+        yield from _template(to, ("publish", "to"))
+        if ".." in _JINJA_BLOCK.sub("x", to).split("://", 1)[-1].split("/"):
+            yield ("publish", "to"), f"'{to}' contains '..'; the target path must stay inside its root"
+    filename = publish.get("filename")
+    if isinstance(filename, str):
+        yield from _filename(filename, images, has_variants)
+
+
+def _filename(filename: str, images: int, has_variants: bool) -> Iterator[Finding]:
+    path: KeyPath = ("publish", "filename")
+    yield from _template(filename, path)
+    plain = _JINJA_BLOCK.sub("", filename)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(plain) if name is not None}
+    except ValueError as exc:
+        yield path, f"'{filename}' is not a valid file name pattern: {exc}"
+        return
+    unknown = sorted(fields - set(PLACEHOLDERS))
+    if unknown:
+        allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+        yield path, f"unknown placeholder {{{unknown[0]}}}; placeholders are {allowed}"
+    elif "/" in plain or "\\" in plain:
+        yield path, "a file name cannot contain '/'; put folders in publish.to"
+    elif "job_id" not in fields and (
+        (images > 1 and "image" not in fields) or (has_variants and "variant" not in fields)
+    ):
+        yield path, "file names would collide: include {image} (several images) and {variant} (variants), or {job_id}"
