@@ -642,7 +642,7 @@ class Deployment:
         return marked_processes(self.id)
 
     def expected_dag_ids(self) -> set[str]:
-        from flexflow.spec.loader import find_spec_files, lenient_dag_id
+        from flexflow.spec.folder import find_spec_files, lenient_dag_id
 
         files = find_spec_files([self.specs_dir]) if self.specs_dir.exists() else []
         return {dag_id for dag_id in (lenient_dag_id(f) for f in files) if dag_id}
