@@ -15,7 +15,7 @@ import pytest
 
 from flexflow import defaults
 from flexflow.contract import DEFAULTS, apply_defaults
-from flexflow.spec import Spec, load_spec, parse_spec
+from flexflow.spec import Spec, load_spec, parse_spec, spec_schema
 from flexflow.spec import model as spec_model
 from flexflow.spec.durations import parse_duration
 
@@ -132,6 +132,20 @@ def test_spec_level_defaults(layered: Spec) -> None:
     assert publish.manifest is True
     assert publish.asset == "flexflow://layered"
     assert publish.conn_id is None
+
+
+SCHEMA_SPOTS = {"spec": (), "image": ("defaults",), "publish": ("publish",)}
+
+
+@pytest.mark.parametrize("row", [d for d in defaults.TABLE if d.where in SCHEMA_SPOTS], ids=lambda d: d.key)
+def test_the_schema_shows_the_defaults_the_model_applies(row: defaults.Default) -> None:
+    schema = spec_schema()
+    for part in SCHEMA_SPOTS[row.where]:
+        schema = schema["properties"][part]
+    shown = row.value if isinstance(row.value, bool | int | str) else defaults.shown(row.value)
+    assert schema["properties"][row.key]["default"] == shown
+    if row.where == "image":
+        assert spec_schema()["properties"]["images"]["items"]["properties"][row.key]["default"] == shown
 
 
 def test_source_and_digest_are_kept(layered: Spec) -> None:
@@ -328,12 +342,13 @@ OFFLINE_PROBE = textwrap.dedent(
     print(json.dumps({
         "airflow": sorted(m for m in sys.modules if m.startswith("airflow") and m not in before),
         "any_airflow": any(m.startswith("airflow") for m in sys.modules),
+        "client": sorted(m for m in sys.modules if m.startswith("flexflow.client")),
     }))
     """
 )
 
 
-def test_loading_touches_no_airflow_and_no_network() -> None:
+def test_loading_touches_no_airflow_no_api_client_and_no_network() -> None:
     result = subprocess.run(
         [sys.executable, "-c", OFFLINE_PROBE, *(str(f.relative_to(ROOT)) for f in EXAMPLES)],
         cwd=ROOT,
@@ -342,7 +357,8 @@ def test_loading_touches_no_airflow_and_no_network() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"airflow": [], "any_airflow": False}
+    # The spec layer stands below the API client: defaults come from flexflow.defaults, not the client.
+    assert json.loads(result.stdout) == {"airflow": [], "any_airflow": False, "client": []}
 
 
 def test_the_issue_probe() -> None:

@@ -6,9 +6,11 @@ fails when it is stale). Editors use it through the ``# yaml-language-server: $s
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
+from flexflow import defaults
 from flexflow.contract import wire
 from flexflow.contract.params import FLUX_PARAMS
 from flexflow.contract.schema import DRAFT, SchemaChecker, flux_params_schema, param_schema
@@ -27,10 +29,11 @@ PLACEHOLDERS = ("image", "variant", "ext", "job_id")
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
 
-def _duration(description: str, example: str) -> dict[str, Any]:
+def _duration(description: str, default: timedelta, example: str) -> dict[str, Any]:
     return {
         "type": "string",
         "pattern": DURATION_PATTERN,
+        "default": defaults.shown(default),
         "description": f"{description} A duration: 30s, 2m, 1h, 1h30m, or ISO 8601 (PT2M).",
         "examples": [example],
     }
@@ -48,10 +51,18 @@ def _task_settings() -> dict[str, Any]:
     """Keys that `defaults` sets for every image and an image may set for itself."""
     return {
         "flux": flux_params_schema(),
-        "retries": {"type": "integer", "minimum": 0, "maximum": 20, "description": "Airflow task retries."},
-        "retry_delay": _duration("Wait between task retries.", "2m"),
-        "timeout": _duration("Longest wait for one job.", "20m"),
-        "poll_interval": _duration("First interval between job status checks (it grows on long jobs).", "10s"),
+        "retries": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 20,
+            "default": defaults.RETRIES,
+            "description": "Airflow task retries.",
+        },
+        "retry_delay": _duration("Wait between task retries.", defaults.RETRY_DELAY, "2m"),
+        "timeout": _duration("Longest wait for one job.", defaults.JOB_TIMEOUT, "20m"),
+        "poll_interval": _duration(
+            "First interval between job status checks (it grows on long jobs).", defaults.POLL_INTERVAL, "10s"
+        ),
         "webhook_url": _webhook(),
     }
 
@@ -103,10 +114,14 @@ def _publish() -> dict[str, Any]:
             "filename": {
                 "type": "string",
                 "minLength": 1,
-                "default": "{image}{variant}.{ext}",
+                "default": defaults.FILENAME,
                 "description": "File name; placeholders {image}, {variant}, {ext}, {job_id}; Jinja-templated.",
             },
-            "manifest": {"type": "boolean", "default": True, "description": "Write manifest.json beside the images."},
+            "manifest": {
+                "type": "boolean",
+                "default": defaults.MANIFEST,
+                "description": "Write manifest.json beside the images.",
+            },
             "asset": {
                 "type": "string",
                 "minLength": 1,
@@ -145,13 +160,13 @@ def spec_schema() -> dict[str, Any]:
                 "pattern": r"^\d{4}-\d{2}-\d{2}(?:[T ].+)?$",
                 "description": "First logical date (YYYY-MM-DD, or an ISO 8601 date-time); required when scheduled.",
             },
-            "catchup": {"type": "boolean", "default": False},
+            "catchup": {"type": "boolean", "default": defaults.CATCHUP},
             "tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
-            "owner": {"type": "string", "minLength": 1, "default": "flexflow"},
+            "owner": {"type": "string", "minLength": 1, "default": defaults.OWNER},
             "connection_id": {
                 "type": "string",
                 "minLength": 1,
-                "default": "apiframe_default",
+                "default": defaults.CONNECTION_ID,
                 "description": "Airflow connection (type apiframe) with the API's base URL and key.",
             },
             "params": {
