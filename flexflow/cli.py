@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from flexflow import __version__
-from flexflow.compiler.layout import task_layout
+from flexflow.compiler.layout import described, task_layout
 from flexflow.contract import output_size
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
@@ -36,6 +36,7 @@ class PlanTask(TypedDict):
     operator: str
     upstream: list[str]
     mapped: int | None
+    arguments: dict[str, Any]  # constructor arguments; run-time inputs as {"xcom_from"} / {"variant_field"}
 
 
 class PlanJob(TypedDict):
@@ -86,8 +87,14 @@ def _plan(args: argparse.Namespace) -> int:
     jobs = spec.jobs()
     billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
     tasks = [
-        PlanTask(task_id=t.task_id, operator=t.operator, upstream=list(t.upstream), mapped=t.mapped)
-        for t in task_layout(spec)
+        PlanTask(
+            task_id=t.task_id,
+            operator=t.operator,
+            upstream=list(t.upstream),
+            mapped=t.mapped,
+            arguments=described(dict(t.arguments)),
+        )
+        for t in task_layout(spec).tasks
     ]
     plan_jobs = [
         PlanJob(

@@ -35,7 +35,7 @@ def test_sensor_without_triggerer(
     assert state == "success"
     [job] = xcom(airflow_db, f"test_sensor_{mode}", run_id, "wait")
     assert job["status"] == "COMPLETED"
-    assert job["result_urls"][0].startswith(emulator.url)
+    assert job["images"][0].startswith(emulator.url)
     assert emulator.accounting()["jobs_billed"] == 1
 
 
@@ -74,3 +74,25 @@ def test_an_invalid_request_fails_without_a_call(
     output = "".join(capfd.readouterr())
     assert "fluxParams.guidance: guidance must be a number from 1.5 to 10 in steps of 0.1" in output
     assert emulator.accounting()["submissions"] == 0
+
+
+def test_a_prompt_that_renders_differently_each_try_bills_one_job_per_image(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path
+) -> None:
+    # Every submit attempt of the first tries loses its response (the job is created, the answer never
+    # arrives): each try runs out of its 5 attempts and the task is retried, rendering a new prompt.
+    emulator.faults.add({"fault": "lost_response", "count": 12, "route": "submit"})
+    state, run_id = run("test_clock_prompt")
+    assert state == "success"
+    states = task_states(airflow_db, "test_clock_prompt", run_id)
+    assert max(states[f"submit[{i}]"][1] for i in range(3)) >= 2, "a submit task was retried"
+    accounting = emulator.accounting()
+    assert accounting["faults_injected"] == {"lost_response": 12}
+    assert accounting["submissions"] > 3, "requests were sent again"
+    assert accounting["jobs_created"] == accounting["jobs_billed"] == 3, "one job per image"
+    assert accounting["duplicates"] == {"by_key": {}, "by_body": 0}
+    requests = xcom(airflow_db, "test_clock_prompt", run_id, "submit", key="request")
+    prompts = {request["prompt"] for request in requests}
+    assert len(prompts) == 3, "each image kept the prompt of its first render"
+    received = {job.body["prompt"] for job in list(emulator.state.jobs.values())}
+    assert received == prompts

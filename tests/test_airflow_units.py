@@ -12,13 +12,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from airflow.triggers.base import TriggerEvent
 
-from flexflow.airflow import polling
-from flexflow.airflow.hooks import ApiSettings, FluxHook
-from flexflow.airflow.links import JOB_LINK_XCOM_KEY
-from flexflow.airflow.operators import JOB_STATE_KEY, FluxFlexOperator, idempotency_key
-from flexflow.airflow.polling import job_result
+from flexflow.airflow.hooks import ApiSettings, FluxHook, shared_clients
+from flexflow.airflow.keys import JOB_LINK_XCOM_KEY, JOB_STATE_KEY
+from flexflow.airflow.operators import FluxFlexOperator, idempotency_key
+from flexflow.airflow.outcome import JobOutcome
 from flexflow.airflow.sensors import FluxJobSensor
-from flexflow.airflow.triggers import FluxJobTrigger, shared_clients
+from flexflow.airflow.triggers import FluxJobTrigger
 from flexflow.client import FluxClient
 from flexflow.client.polling import PollSchedule
 from flexflow.emulator import EmulatorServer
@@ -82,6 +81,7 @@ def test_execute_submits_and_pushes_request_and_link(emulator: EmulatorServer, a
 
 
 def test_execute_defers_with_the_expected_trigger(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    emulator.config.update({"processing_seconds": 30.0})
     operator = FluxFlexOperator(
         task_id="submit", prompt="a kite", wait_for_completion=True, deferrable=True, poll_interval=3.0
     )
@@ -97,11 +97,12 @@ def test_execute_defers_with_the_expected_trigger(emulator: EmulatorServer, apif
     assert kwargs["job_id"] in emulator.accounting()["polls_per_job"]
 
 
-def test_sensor_defers_by_default(emulator: EmulatorServer, apiframe_connection: str) -> None:
+def test_a_deferrable_sensor_defers_with_its_timeout_as_deadline(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
     emulator.config.update({"processing_seconds": 30.0})
     job_id = submit(emulator)
-    sensor = FluxJobSensor(task_id="wait", job_id=job_id, timeout=600)
-    assert sensor.deferrable is True
+    sensor = FluxJobSensor(task_id="wait", job_id=job_id, timeout=600, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(context(TaskInstanceStub("wait")))
     kwargs = deferred.value.trigger.serialize()[1]
@@ -109,11 +110,18 @@ def test_sensor_defers_by_default(emulator: EmulatorServer, apiframe_connection:
     assert 599 < kwargs["deadline"] - time.time() <= 600
 
 
-def test_default_deferrable_follows_an_explicit_deployment_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert polling.default_deferrable() is True
-    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
-    assert polling.default_deferrable() is False
-    assert FluxJobSensor(task_id="w", job_id="j").deferrable is False
+def test_deferrable_defaults_to_airflows_setting_as_providers_do() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from flexflow.airflow.sensors import FluxJobSensor; from flexflow.airflow.operators import FluxFlexOperator;"
+        "print(FluxJobSensor(task_id='w', job_id='j').deferrable, FluxFlexOperator(task_id='s', prompt='p').deferrable)"
+    )
+    for setting, expected in (("True", "True True"), ("False", "False False")):
+        env = {**__import__("os").environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": setting}
+        shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert shown.stdout.split("\n")[-2] == expected
 
 
 def test_an_invalid_request_fails_before_any_call(emulator: EmulatorServer, apiframe_connection: str) -> None:
@@ -187,16 +195,17 @@ def test_a_try_after_a_failed_or_expired_job_submits_a_new_generation(
     ],
 )
 def test_execute_complete_maps_each_event(status: str, raises: type[Exception], match: str) -> None:
-    job = {"id": "j1", "status": status, "error": "provider exploded", "result_urls": []}
-    event = {"status": status, "job_id": "j1", "job": job, "message": "404 Job not found"}
+    error = "404 Job not found" if status == "ERROR" else "provider exploded"
+    event = JobOutcome(status, "j1", error=error).to_stored()
     for task in (FluxJobSensor(task_id="w", job_id="j1"), FluxFlexOperator(task_id="s", prompt="p")):
         with pytest.raises(raises, match=match):
             task.execute_complete({}, event)
 
 
 def test_execute_complete_returns_the_finished_job() -> None:
-    job = {"id": "j1", "status": "COMPLETED", "result_urls": ["http://x/0.png"], "credit_cost": 5}
-    assert FluxJobSensor(task_id="w", job_id="j1").execute_complete({}, {"status": "COMPLETED", "job": job}) == job
+    outcome = JobOutcome("COMPLETED", "j1", ("http://x/0.png",), credit_cost=5)
+    returned = FluxJobSensor(task_id="w", job_id="j1").execute_complete({}, outcome.to_stored())
+    assert JobOutcome.from_stored(returned) == outcome
     assert not issubclass(AirflowException, AirflowFailException), "ERROR events stay retryable"
 
 
@@ -229,11 +238,11 @@ async def test_trigger_fires_each_terminal_status(
     job_id = submit(emulator)
     event = await first_event(trigger_for(job_id))
     assert event["status"] == status
-    assert event["job"]["id"] == job_id
+    assert event["job_id"] == job_id
     if error:
-        assert error in event["message"]
+        assert error in event["error"]
     else:
-        assert event["job"]["result_urls"]
+        assert event["images"]
 
 
 @pytest.mark.parametrize("fault", ["rate_limit", "http_500", "http_502", "http_503", "http_504", "drop", "slow"])
@@ -261,11 +270,11 @@ def monkey_timeout(emulator: EmulatorServer, conn_id: str) -> None:
 async def test_trigger_reports_unknown_jobs_and_times_out(emulator: EmulatorServer, apiframe_connection: str) -> None:
     unknown = await first_event(trigger_for("3f0c2a59-1111-4c9e-9d55-0123456789ab"))
     assert unknown["status"] == "ERROR"
-    assert "404" in unknown["message"]
+    assert "404" in unknown["error"]
     emulator.config.update({"processing_seconds": 60.0})
     late = await first_event(trigger_for(submit(emulator), deadline_in=0.3))
     assert late["status"] == "TIMEOUT"
-    assert "last status PROCESSING" in late["message"]
+    assert "last status PROCESSING" in late["error"]
 
 
 async def test_trigger_without_a_usable_connection_reports_it(
@@ -274,7 +283,7 @@ async def test_trigger_without_a_usable_connection_reports_it(
     monkeypatch.setenv("AIRFLOW_CONN_APIFRAME_DEFAULT", json.dumps({"conn_type": "apiframe", "host": "http://x"}))
     event = await first_event(trigger_for("j"))
     assert event["status"] == "ERROR"
-    assert "no API key" in event["message"]
+    assert "no API key" in event["error"]
 
 
 async def test_triggers_share_one_client_per_loop_and_close_it(
@@ -306,13 +315,14 @@ def test_poll_schedule_grows_and_caps() -> None:
     assert PollSchedule.for_job("job-1", 2.0, 30.0) == PollSchedule.for_job("job-1", 2.0, 30.0), "deterministic"
 
 
-def test_job_result_needs_result_urls() -> None:
+def test_a_completed_job_without_images_fails_the_task() -> None:
     with pytest.raises(AirflowFailException, match="without result URLs"):
-        job_result({"status": "COMPLETED", "job": {"id": "j", "result_urls": []}})
+        FluxJobSensor(task_id="w", job_id="j").finish(JobOutcome("COMPLETED", "j"))
 
 
 def test_trigger_event_payload_is_json() -> None:
-    payload = TriggerEvent({"status": "COMPLETED", "job": None}).payload
+    stored = JobOutcome("COMPLETED", "j", ("http://x/0.png",), None, 5, False).to_stored()
+    payload = TriggerEvent(stored).payload
     assert json.loads(json.dumps(payload)) == payload
 
 
@@ -334,7 +344,7 @@ def test_connection_host_is_the_base_url(
 ) -> None:
     connection = {"conn_type": "apiframe", "host": host, "port": port, "password": SECRET_KEY}
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps(connection))
-    settings = FluxHook("flux_test").settings()
+    settings = FluxHook("flux_test").settings
     assert settings.base_url == base_url
     assert SECRET_KEY not in repr(settings)
     assert settings.api_key.reveal() == SECRET_KEY
@@ -343,19 +353,19 @@ def test_connection_host_is_the_base_url(
 def test_a_connection_without_key_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps({"conn_type": "apiframe"}))
     with pytest.raises(AirflowFailException, match="password field \\(shown as 'API key'\\)"):
-        FluxHook("flux_test").settings()
+        _ = FluxHook("flux_test").settings
 
 
 def test_a_missing_connection_fails_the_task_without_retries(airflow_db: Path) -> None:
     with pytest.raises(AirflowFailException, match="airflow connections add nowhere --conn-type apiframe"):
-        FluxHook("nowhere").settings()
+        _ = FluxHook("nowhere").settings
 
 
 def test_hook_masks_the_key(monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
     from airflow.sdk._shared.secrets_masker import redact
 
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_TEST", json.dumps({"conn_type": "apiframe", "password": SECRET_KEY}))
-    FluxHook("flux_test").settings()
+    _ = FluxHook("flux_test").settings
     assert SECRET_KEY not in str(redact(f"key={SECRET_KEY}"))
 
 
@@ -424,6 +434,56 @@ def test_airflow_providers_list_shows_flexflow(airflow_db: Path) -> None:
 
 def test_sensor_on_a_finished_job_returns_without_deferring(emulator: EmulatorServer, apiframe_connection: str) -> None:
     job_id = submit(emulator)
-    job = FluxJobSensor(task_id="wait", job_id=job_id).execute(context(TaskInstanceStub("wait")))
+    sensor = FluxJobSensor(task_id="wait", job_id=job_id, deferrable=True)
+    job = sensor.execute(context(TaskInstanceStub("wait")))
     assert job["status"] == "COMPLETED"
-    assert job["id"] == job_id
+    assert job["job_id"] == job_id
+
+
+def test_operator_reconnecting_to_a_finished_job_returns_without_deferring(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    emulator.config.update({"processing_seconds": 0.3})
+    store = StateStore()
+    operator = FluxFlexOperator(task_id="submit", prompt="reconnect", wait_for_completion=True, deferrable=True)
+    with pytest.raises(TaskDeferred):
+        operator.execute(context(TaskInstanceStub(try_number=1), store))
+    job_id = store[JOB_STATE_KEY]["job_id"]
+    time.sleep(0.4)  # the job finishes while the try is gone (say, its worker died)
+    outcome = operator.execute(context(TaskInstanceStub(try_number=2), store))  # no TaskDeferred
+    assert outcome["status"] == "COMPLETED"
+    assert outcome["job_id"] == job_id
+    assert emulator.accounting()["submissions"] == 1
+
+
+def test_a_later_try_sends_the_first_render_with_its_key(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    emulator.faults.add({"fault": "lost_response", "count": 5, "route": "submit"})  # the client's 5 attempts
+    store = StateStore()
+    first = FluxFlexOperator(task_id="submit", prompt="rendered at 08:00:00")
+    with pytest.raises(Exception, match="Server disconnected"):
+        first.execute(context(TaskInstanceStub(try_number=1), store))
+    assert store[JOB_STATE_KEY]["job_id"] is None, "the record was written before the call"
+    second = FluxFlexOperator(task_id="submit", prompt="rendered at 08:01:00")  # the template rendered anew
+    ti = TaskInstanceStub(try_number=2)
+    job_id = second.execute(context(ti, store))
+    assert ti.xcom["request"]["prompt"] == "rendered at 08:00:00"
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 1
+    assert accounting["submissions"] == 6
+    assert store[JOB_STATE_KEY]["job_id"] == job_id
+
+
+def test_hook_test_connection_against_the_emulator(
+    emulator: EmulatorServer, apiframe_connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, message = FluxHook().test_connection()
+    assert ok, message
+    assert emulator.url in message
+    connection = json.loads(__import__("os").environ["AIRFLOW_CONN_APIFRAME_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_APIFRAME_DEFAULT", json.dumps({**connection, "password": "afk_wrong_key"}))
+    ok, message = FluxHook().test_connection()
+    assert not ok
+    assert "401" in message
+    assert "Check the API key in the Airflow connection" in message
+    assert "afk_wrong_key" not in message
+    assert emulator.accounting()["submissions"] == 0, "testing a connection never submits (never bills)"

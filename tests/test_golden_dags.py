@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.definitions._internal.expandinput import MappedArgument
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 from airflow.sdk.definitions.xcom_arg import XComArg
 
@@ -58,8 +59,9 @@ KEY_ARGUMENTS = (
     "filename",
     "conn_id",
     "image",
-    "variant_labels",
-    "submit_task_id",
+    "variant",
+    "request",
+    "deferrable",
     "publish_task_ids",
     "expected_files",
     "asset",
@@ -81,6 +83,8 @@ def plain(value: Any) -> Any:
     if isinstance(value, XComArg):
         [(operator, key)] = list(value.iter_references())
         return {"xcom_from": operator.task_id, "key": key}
+    if isinstance(value, MappedArgument):
+        return {"variant_field": value._key}
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in sorted(value.items())}
     if isinstance(value, list | tuple):
@@ -92,21 +96,22 @@ def plain(value: Any) -> Any:
     raise TypeError(f"no snapshot form for {type(value).__name__}: {value!r}")
 
 
+def mapped_records(task: Any) -> list[Any] | None:
+    """The variant records of the mapped task group the task is in; None outside one."""
+    group = task.get_closest_mapped_task_group()
+    return None if group is None else list(group._expand_input.value)
+
+
 def task_snapshot(task: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+    assert not isinstance(task, MappedOperator), "variants map whole task groups, not single tasks"
+    return {
         "task_id": task.task_id,
         "operator": task.task_type,
-        "mapped": isinstance(task, MappedOperator),
+        "mapped_over": plain(mapped_records(task)),
         "upstream": sorted(task.upstream_task_ids),
         "downstream": sorted(task.downstream_task_ids),
+        "arguments": plain({k: getattr(task, k) for k in KEY_ARGUMENTS if hasattr(task, k)}),
     }
-    if isinstance(task, MappedOperator):
-        expand = dict(task.expand_input.value)
-        entry["expand"] = plain(expand)
-        entry["partial"] = plain({k: v for k, v in task.partial_kwargs.items() if k in KEY_ARGUMENTS})
-    else:
-        entry["arguments"] = plain({k: getattr(task, k) for k in KEY_ARGUMENTS if hasattr(task, k)})
-    return entry
 
 
 def dag_snapshot(dag: Any) -> dict[str, Any]:
@@ -177,15 +182,16 @@ def test_snapshots_are_deterministic() -> None:
 def test_compiled_tasks_are_the_planned_layout(spec_file: Path) -> None:
     spec = load_spec(spec_file)
     dag = compile_spec(spec)
-    planned = {t.task_id: t for t in task_layout(spec)}
+    planned = {t.task_id: t for t in task_layout(spec).tasks}
     assert set(planned) == set(dag.task_ids)
     for task in dag.tasks:
         plan = planned[task.task_id]
         assert set(task.upstream_task_ids) == set(plan.upstream), task.task_id
         assert task.task_type == plan.operator, task.task_id
-        assert isinstance(task, MappedOperator) == (plan.mapped is not None), task.task_id
-        if plan.kind == "submit" and plan.mapped is not None:
-            assert len(task.expand_input.value["flux_overrides"]) == plan.mapped, "one mapped instance per variant"
+        records = mapped_records(task)
+        assert (records is None) == (plan.mapped is None), task.task_id
+        if records is not None:
+            assert len(records) == plan.mapped, "one mapped instance per variant"
 
 
 @pytest.mark.parametrize("spec_file", EXAMPLES, ids=[f.stem for f in EXAMPLES])
@@ -195,7 +201,7 @@ def test_plan_command_shows_the_compiled_tasks(spec_file: Path, capsys: pytest.C
     dag = compiled(spec_file)
     assert plan["dag_id"] == dag.dag_id
     shown = {t["task_id"]: (t["operator"], sorted(t["upstream"]), t["mapped"] is not None) for t in plan["tasks"]}
-    built = {t.task_id: (t.task_type, sorted(t.upstream_task_ids), isinstance(t, MappedOperator)) for t in dag.tasks}
+    built = {t.task_id: (t.task_type, sorted(t.upstream_task_ids), mapped_records(t) is not None) for t in dag.tasks}
     assert shown == built
 
 
@@ -229,7 +235,7 @@ def test_flexflow_run_builds_the_same_dag(spec_file: Path, tmp_path: Path, monke
     [dag] = run_bundle_dags(tmp_path, spec_file, "apiframe_staging").values()
     swapped = dag_snapshot(dag)
     for task in expected["tasks"]:
-        arguments = task.get("arguments") or task["partial"]
+        arguments = task["arguments"]
         if "apiframe_conn_id" in arguments:
             arguments["apiframe_conn_id"] = "apiframe_staging"
     assert render(swapped) == render(expected)

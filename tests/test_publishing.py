@@ -283,19 +283,6 @@ def asset_events(db: Path, dag_id: str, run_id: str) -> list[tuple[Any, ...]]:
     return rows(db, "SELECT id, extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?", dag_id, run_id)
 
 
-class RetryTI:
-    """The task instance a retry of a publish task sees: its XComs as the first try left them."""
-
-    def __init__(self, request: dict[str, Any], map_index: int = -1) -> None:
-        self.request = request
-        self.map_index = map_index
-        self.try_number = 2
-
-    def xcom_pull(self, task_ids: str, key: str, map_indexes: int | None = None) -> Any:
-        assert key == "request"
-        return self.request
-
-
 def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
     publish_dags: dict[str, Any],
     emulator: EmulatorServer,
@@ -333,12 +320,45 @@ def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
     [request] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.submit", key="request")
     [records] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.publish")
     retry = copy.copy(dag.get_task(f"{stored}.publish"))
-    retry.job, retry.to = job, f"file://{folder}"
-    again = retry.execute({"ti": RetryTI(request)})
+    retry.job, retry.request, retry.to = job, request, f"file://{folder}"
+    again = retry.execute({})
     assert [r["name"] for r in again] == [r["name"] for r in records] == [f"{stored}.png"]
     assert again[0]["sha256"] == records[0]["sha256"]
     assert sorted(p.name for p in folder.iterdir()) == [f"{stored}.png"], "no duplicate, no partial file"
     assert (folder / f"{stored}.png").read_bytes() == before
+
+
+def test_a_failed_variant_does_not_keep_its_siblings_from_being_published(
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    run_folders: list[Path],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dag_id = "flexflow_test_publish_variant_failed"
+    emulator.faults.add({"fault": "fail", "count": 1})
+    dag_run = publish_dags[dag_id].test()
+    folder = run_folder("variant_failed", dag_run.run_id)
+    run_folders.append(folder)
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+    output = "".join(capfd.readouterr())
+
+    assert dag_run.state == "failed", states
+    waits = {index: states[f"poster.wait[{index}]"][0] for index in range(3)}
+    assert sorted(waits.values()) == ["failed", "success", "success"], states
+    [failed] = [index for index, state in waits.items() if state == "failed"]
+    for index in range(3):
+        assert states[f"poster.publish[{index}]"][0] == ("upstream_failed" if index == failed else "success"), states
+    assert states["finalize"] == ("failed", 1)
+
+    published = {f"poster_seed-{seed}.png" for seed in (1, 2, 3)} - {f"poster_seed-{failed + 1}.png"}
+    assert {p.name for p in folder.iterdir()} == published, "both finished variants stored, no manifest"
+    assert "1 of 3 images were not published, so no manifest was written and no Asset event sent" in output
+    assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == 3
+    assert accounting["jobs_billed"] == 2, "the FAILED job is not billed; both published ones are"
 
 
 def test_a_publish_retry_after_a_failed_download_stores_each_file_once(

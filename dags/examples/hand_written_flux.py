@@ -12,6 +12,7 @@ from typing import Any
 from airflow.sdk import DAG, task
 
 from flexflow.airflow.operators import FluxFlexOperator
+from flexflow.airflow.outcome import JobOutcome
 from flexflow.airflow.sensors import FluxJobSensor
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ with DAG(
     wait = FluxJobSensor(task_id="wait", job_id=submit.output, deferrable=True)
 
     @task
-    def report(job: dict[str, Any]) -> str:
-        log.info("job %s cost %s credits: %s", job["id"], job["credit_cost"], job["result_urls"][0])
-        return job["result_urls"][0]
+    def report(stored: dict[str, Any]) -> str:
+        outcome = JobOutcome.from_stored(stored)
+        log.info("job %s cost %s credits: %s", outcome.job_id, outcome.credit_cost, outcome.images[0])
+        return outcome.images[0]
 
     report(wait.output)

@@ -1,29 +1,36 @@
-"""The Apiframe connection (type ``apiframe``) and the hook that turns it into API clients."""
+"""FluxHook: the Apiframe API's front for Airflow (connection type ``apiframe``).
+
+Every API call an operator, sensor or trigger makes goes through the hook, blocking or asyncio, as in
+Airflow's own providers: submitting, reading and waiting for a job, deciding whether an earlier job
+can be reused, and ``test_connection`` (the connection form's "Test" button). Operators and triggers
+stay thin, and tests can put a fake hook where the emulator is the wrong tool.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 
-from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
-from flexflow.client._calls import ApiKey
+from flexflow import defaults
+from flexflow.airflow.outcome import JobOutcome
+from flexflow.airflow.polling import POLL, RECONNECT, Pause, PollAnswer, WaitFlow, WaitStep, WaitTiming, wait_flow
+from flexflow.client import ApiError, ApiKey, AsyncFluxClient, FluxClient, Job, JobNotFound, RetryPolicy
 from flexflow.client.hosts import is_loopback
-from flexflow.contract.wire import PRODUCTION_BASE_URL, job_path
+from flexflow.contract.wire import PRODUCTION_BASE_URL, JobStatus
 
-# httpx2 logs every request at INFO: a thousand waiting jobs would fill the task logs with polls.
-# (Airflow quiets httpx the same way.) flexflow logs what matters: submits, transitions, retries.
-logging.getLogger("httpx2").setLevel(logging.WARNING)
-
-DEFAULT_CONN_ID = "apiframe_default"
-DEFAULT_REQUEST_TIMEOUT = 60
-DEFAULT_MAX_ATTEMPTS = 5
-#: Where the "Apiframe job" link points; {base_url} and {job_id} are filled in.
-DEFAULT_JOB_LINK = "{base_url}" + job_path("{job_id}")
+#: A client replaced after a 401 is closed this much later, so requests in flight on it can finish.
+STALE_CLIENT_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,9 @@ class ApiSettings:
 
     base_url: str
     api_key: ApiKey = field(repr=False)
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    job_link: str = DEFAULT_JOB_LINK
+    request_timeout: float = defaults.REQUEST_TIMEOUT
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    job_link: str = defaults.JOB_LINK
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ApiSettings:
@@ -48,16 +55,17 @@ class ApiSettings:
         return cls(
             base_url=_base_url(conn),
             api_key=ApiKey(conn.password),
-            request_timeout=float(extra.get("request_timeout") or DEFAULT_REQUEST_TIMEOUT),
-            max_attempts=int(extra.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
-            job_link=str(extra.get("job_link") or DEFAULT_JOB_LINK),
+            request_timeout=float(extra.get("request_timeout") or defaults.REQUEST_TIMEOUT),
+            max_attempts=int(extra.get("max_attempts") or defaults.MAX_ATTEMPTS),
+            job_link=str(extra.get("job_link") or defaults.JOB_LINK),
         )
 
     def link_for(self, job_id: str) -> str:
         return self.job_link.format(base_url=self.base_url, job_id=job_id)
 
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=self.max_attempts)
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of both clients."""
+        return {"timeout": self.request_timeout, "retry": RetryPolicy(max_attempts=self.max_attempts)}
 
 
 def _base_url(conn: Connection) -> str:
@@ -71,18 +79,38 @@ def _base_url(conn: Connection) -> str:
     return f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
 
 
+def _quiet_transport_logs() -> None:
+    """httpx2 logs every request at INFO: a thousand waiting jobs would fill the task logs with polls.
+
+    Done when the hook first builds a client, never on import (Airflow quiets httpx the same way).
+    flexflow logs what matters: submits, transitions, retries.
+    """
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Whether a job an earlier try submitted can stand for this try, and why."""
+
+    reusable: bool
+    why: str
+
+
 class FluxHook(BaseHook):
-    """Reads an ``apiframe`` connection and builds the blocking or the asyncio client."""
+    """The Apiframe API through an ``apiframe`` connection: base URL (host field) and API key (password)."""
 
     conn_name_attr = "apiframe_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
+    default_conn_name = defaults.CONNECTION_ID
     conn_type = "apiframe"
     hook_name = "Apiframe (Flux)"
 
-    def __init__(self, apiframe_conn_id: str = DEFAULT_CONN_ID) -> None:
+    def __init__(self, apiframe_conn_id: str = defaults.CONNECTION_ID) -> None:
         super().__init__()
         self.apiframe_conn_id = apiframe_conn_id
 
+    # -- the connection ------------------------------------------------------------------------------
+
+    @cached_property
     def settings(self) -> ApiSettings:
         """The connection's settings; a missing or keyless connection fails the task at once.
 
@@ -98,21 +126,203 @@ class FluxHook(BaseHook):
                 "--conn-password <API key>` (or an AIRFLOW_CONN_* variable / secrets backend)"
             ) from None
 
-    async def asettings(self) -> ApiSettings:
-        """The settings, read without blocking the event loop (for triggers)."""
-        return ApiSettings.from_connection(await self.aget_connection(self.apiframe_conn_id))
+    def job_link(self, job_id: str) -> str:
+        """Where the "Apiframe job" button of a task points."""
+        return self.settings.link_for(job_id)
 
     def get_conn(self) -> FluxClient:
-        return self.client(self.settings())
+        """The blocking client, built once per hook; :meth:`close` closes it."""
+        if "_client" not in vars(self):
+            _quiet_transport_logs()
+            self._client = FluxClient(self.settings.base_url, self.settings.api_key, **self.settings.client_options())
+        return self._client
+
+    def close(self) -> None:
+        client = vars(self).pop("_client", None)
+        if client is not None:
+            client.close()
+
+    def _reconnect(self) -> None:
+        """Read the connection again (its key may have been rotated) for the next call."""
+        self.close()
+        vars(self).pop("settings", None)
+
+    # -- blocking calls, for workers --------------------------------------------------------------------
+
+    def submit(self, request: Mapping[str, Any], idempotency_key: str) -> str:
+        """Submit a generation request; the same key always yields the same job (the API deduplicates)."""
+        return self.get_conn().submit(request, idempotency_key)
+
+    def get_job(self, job_id: str) -> Job:
+        return self.get_conn().get_job(job_id)
+
+    def reuse(self, job_id: str) -> Reuse:
+        """Whether an earlier try's job still stands: not if it is unknown, failed, cancelled or expired."""
+        try:
+            job = self.get_job(job_id)
+        except JobNotFound:
+            return Reuse(False, "is unknown to the API")
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return Reuse(False, f"ended {job.status.value}: {job.error}")
+        if job.status is JobStatus.COMPLETED and job.expired:
+            return Reuse(False, "completed, but its results expired")
+        return Reuse(True, f"status {job.status.value}")
+
+    def wait_for_job(self, job_id: str, timing: WaitTiming) -> JobOutcome:
+        """Poll until the job ends or the deadline passes, holding this worker (see ``polling.wait_flow``)."""
+        flow = wait_flow(job_id, timing, self.log)
+        step = next(flow)
+        while True:
+            try:
+                step = flow.send(self._carry_out(step, job_id))
+            except StopIteration as done:
+                return done.value
+
+    def _carry_out(self, step: WaitStep, job_id: str) -> PollAnswer:
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+        elif step == RECONNECT:
+            self._reconnect()
+        elif step == POLL:
+            return _answer(lambda: self.get_job(job_id))
+        return None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's "Test": one read-only, unbilled call with the key (listing one job)."""
+        try:
+            self.get_conn().list_jobs(limit=1)
+        except (ApiError, AirflowFailException) as exc:
+            return False, str(exc)
+        finally:
+            self.close()
+        return True, f"the Apiframe API at {self.settings.base_url} accepted the key"
+
+    # -- asyncio calls, for triggers --------------------------------------------------------------------
+
+    async def asettings(self) -> ApiSettings:
+        """The settings, read without blocking the event loop."""
+        return ApiSettings.from_connection(await self.aget_connection(self.apiframe_conn_id))
+
+    async def aget_job(self, job_id: str) -> Job:
+        async with shared_clients.lease(self.apiframe_conn_id):
+            return await (await shared_clients.client(self.apiframe_conn_id)).get_job(job_id)
+
+    async def await_job(self, job_id: str, timing: WaitTiming) -> JobOutcome:
+        """Like :meth:`wait_for_job`, on the event loop, through the loop's shared client of this connection."""
+        async with shared_clients.lease(self.apiframe_conn_id):
+            flow: WaitFlow = wait_flow(job_id, timing, self.log)
+            step = next(flow)
+            while True:
+                try:
+                    step = flow.send(await self._acarry_out(step, job_id))
+                except StopIteration as done:
+                    return done.value
+
+    async def _acarry_out(self, step: WaitStep, job_id: str) -> PollAnswer:
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+        elif step == RECONNECT:
+            shared_clients.reopen(self.apiframe_conn_id)
+        elif step == POLL:
+            try:
+                return await (await shared_clients.client(self.apiframe_conn_id)).get_job(job_id)
+            except ApiError as exc:
+                return exc
+        return None
 
     @staticmethod
-    def client(settings: ApiSettings) -> FluxClient:
-        return FluxClient(
-            settings.base_url, settings.api_key, timeout=settings.request_timeout, retry=settings.retry_policy()
+    async def open_async_client(conn_id: str) -> AsyncFluxClient:
+        settings = await FluxHook(conn_id).asettings()
+        _quiet_transport_logs()
+        return AsyncFluxClient(settings.base_url, settings.api_key, **settings.client_options())
+
+
+def _answer(poll: Callable[[], Job]) -> PollAnswer:
+    """What a poll returned, or the API error it raised: the wait flow decides what an error means."""
+    try:
+        return poll()
+    except ApiError as exc:
+        return exc
+
+
+@dataclass
+class _Shared:
+    opened: asyncio.Future[AsyncFluxClient]
+    users: int = 0
+
+
+class SharedClients:
+    """One AsyncFluxClient per (event loop, connection id), shared by every trigger polling through it.
+
+    A client holds a connection pool; a thousand triggers with a client each would hold a thousand
+    pools. The connection is read once per client, without blocking the loop, and the client is
+    closed when its last user lets go.
+    """
+
+    def __init__(self) -> None:
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Shared]] = (
+            weakref.WeakKeyDictionary()
         )
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _entries(self) -> dict[str, _Shared]:
+        return self._loops.setdefault(asyncio.get_running_loop(), {})
+
+    @asynccontextmanager
+    async def lease(self, conn_id: str) -> AsyncIterator[None]:
+        """Use the connection's client for the duration of the block (opened on first use)."""
+        await self._acquire(conn_id)
+        try:
+            yield
+        finally:
+            await self._release(conn_id)
+
+    async def _acquire(self, conn_id: str) -> None:
+        entries = self._entries()
+        entry = entries.get(conn_id)
+        if entry is None:
+            entry = entries[conn_id] = _Shared(asyncio.ensure_future(FluxHook.open_async_client(conn_id)))
+        entry.users += 1
+        try:
+            await asyncio.shield(entry.opened)
+        except BaseException:
+            await self._release(conn_id)
+            raise
+
+    async def client(self, conn_id: str) -> AsyncFluxClient:
+        """The current client of a connection the caller holds a lease on."""
+        return await asyncio.shield(self._entries()[conn_id].opened)
+
+    async def _release(self, conn_id: str) -> None:
+        entries = self._entries()
+        entry = entries.get(conn_id)
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users <= 0:
+            del entries[conn_id]
+            await self._close(entry.opened)
+
+    def reopen(self, conn_id: str) -> None:
+        """Read the connection anew (its key may have been rotated) for every user of the client."""
+        entry = self._entries()[conn_id]
+        stale = entry.opened
+        entry.opened = asyncio.ensure_future(FluxHook.open_async_client(conn_id))
+        asyncio.get_running_loop().call_later(STALE_CLIENT_GRACE, self._close_soon, stale)
+
+    def _close_soon(self, opened: asyncio.Future[AsyncFluxClient]) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(opened))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def users(self, conn_id: str) -> int:
+        entry = self._entries().get(conn_id)
+        return entry.users if entry else 0
 
     @staticmethod
-    def async_client(settings: ApiSettings) -> AsyncFluxClient:
-        return AsyncFluxClient(
-            settings.base_url, settings.api_key, timeout=settings.request_timeout, retry=settings.retry_policy()
-        )
+    async def _close(opened: asyncio.Future[AsyncFluxClient]) -> None:
+        if opened.done() and not opened.cancelled() and opened.exception() is None:
+            await opened.result().aclose()
+
+
+shared_clients = SharedClients()

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
+from flexflow.airflow.keys import JOB_LINK_XCOM_KEY
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
-
-#: XCom key under which submit and wait tasks keep the link to their job.
-JOB_LINK_XCOM_KEY = "apiframe_job_link"
 
 
 class ApiframeJobLink(BaseOperatorLink):

@@ -6,29 +6,25 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
-from flexflow.airflow.hooks import DEFAULT_CONN_ID, FluxHook
-from flexflow.airflow.links import JOB_LINK_XCOM_KEY, ApiframeJobLink
-from flexflow.airflow.polling import default_deferrable, job_result
-from flexflow.airflow.triggers import FluxJobTrigger
-from flexflow.client import FluxClient, JobNotFound
-from flexflow.client.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollSchedule
+from flexflow import defaults
+from flexflow.airflow.keys import JOB_LINK_XCOM_KEY, JOB_STATE_KEY, REQUEST_XCOM_KEY
+from flexflow.airflow.links import ApiframeJobLink
+from flexflow.airflow.waiting import JobWaiting
 from flexflow.client.requests import generation_request
 from flexflow.contract.schema import validate_request
-from flexflow.contract.wire import JobStatus
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import RuntimeTaskInstanceProtocol
 
-#: task_state_store key of the job a try submitted; a retry reconnects to it.
-JOB_STATE_KEY = "flexflow_job"
-REQUEST_XCOM_KEY = "request"
-DEFAULT_JOB_TIMEOUT = timedelta(minutes=20)
 STATE_RETENTION = timedelta(days=7)  # longer than the API's 24 h idempotency window
 
 
@@ -40,23 +36,48 @@ def idempotency_key(
     return "flexflow-" + hashlib.sha256(material.encode()).hexdigest()[:48]
 
 
-class FluxFlexOperator(BaseOperator):
-    """Submit a Flux 2 Flex generation job; returns the job id (or, when waiting, the finished job).
+@dataclass(frozen=True)
+class JobRecord:
+    """What a try rendered and sent, kept in ``task_state_store`` across tries.
+
+    It is written before the request leaves, so a try that never learned its job id (a lost response,
+    a crashed worker) is followed by one that sends the very same body with the very same key: the
+    API answers with the first job, and a template that renders differently on each try (a clock, a
+    random value) cannot cause a second bill.
+    """
+
+    request: dict[str, Any]
+    idempotency_key: str
+    generation: int
+    job_id: str | None = None
+    submitted_at: float | None = None
+
+    @classmethod
+    def read(cls, stored: object) -> JobRecord | None:
+        """The stored record; 0.1 kept no request (``None``: render it again, as 0.1 did)."""
+        if not isinstance(stored, Mapping) or "request" not in stored:
+            return None
+        return cls(**{k: stored[k] for k in ("request", "idempotency_key", "generation", "job_id", "submitted_at")})
+
+
+class FluxFlexOperator(JobWaiting, BaseOperator):
+    """Submit a Flux 2 Flex generation job; returns the job id (or, when waiting, the job's outcome).
 
     :param prompt: what to generate (templated)
     :param flux: ``fluxParams``; every documented default is applied (templated)
-    :param flux_overrides: values laid over ``flux``, for mapping over variants (``.expand(flux_overrides=[...])``)
+    :param flux_overrides: values laid over ``flux``, for mapping over variants (templated)
     :param webhook_url: https URL the API notifies when the job finishes
     :param apiframe_conn_id: the ``apiframe`` connection (base URL and API key)
     :param wait_for_completion: also wait for the job in this task (for hand-written DAGs)
-    :param deferrable: wait in the triggerer rather than holding a worker slot
+    :param deferrable: wait in the triggerer rather than holding a worker slot (default: Airflow's
+        ``[operators] default_deferrable``, as for every provider's operators)
     :param poll_interval: first interval between status checks while waiting, in seconds
     :param job_timeout: longest wait for the job
 
-    A retried or restarted try never creates a second billed job: the Idempotency-Key is derived
-    from dag_id, run_id, task_id, map_index and the request body, and the job id is kept in
-    ``task_state_store`` so a later try reconnects to it. Only when that job FAILED, was
-    CANCELLED or its results expired does a later try (a deliberate clear) submit anew.
+    A retried or restarted try never creates a second billed job: the request is rendered once and
+    kept with its Idempotency-Key in ``task_state_store`` (see :class:`JobRecord`), and a later try
+    reconnects to the job. Only when that job FAILED, was CANCELLED or its results expired does a
+    later try (a deliberate clear) render and submit anew.
     """
 
     template_fields: Sequence[str] = ("prompt", "flux", "flux_overrides", "webhook_url")
@@ -71,25 +92,28 @@ class FluxFlexOperator(BaseOperator):
         flux: Mapping[str, Any] | None = None,
         flux_overrides: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
-        apiframe_conn_id: str = DEFAULT_CONN_ID,
+        apiframe_conn_id: str = defaults.CONNECTION_ID,
         wait_for_completion: bool = False,
-        deferrable: bool | None = None,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
-        job_timeout: timedelta = DEFAULT_JOB_TIMEOUT,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = defaults.POLL_INTERVAL.total_seconds(),
+        max_poll_interval: float = defaults.MAX_POLL_INTERVAL.total_seconds(),
+        job_timeout: timedelta = defaults.JOB_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.prompt = prompt
-        self.flux = dict(flux or {})
-        self.flux_overrides = dict(flux_overrides or {})
+        self.flux = flux or {}
+        self.flux_overrides = flux_overrides or {}
         self.webhook_url = webhook_url
         self.apiframe_conn_id = apiframe_conn_id
         self.wait_for_completion = wait_for_completion
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.job_timeout = job_timeout
+
+    def wait_timeout(self) -> timedelta:
+        return self.job_timeout
 
     def build_request(self) -> dict[str, Any]:
         """The request body after templating; fails the task (no retries, no call) when the API would reject it."""
@@ -101,74 +125,47 @@ class FluxFlexOperator(BaseOperator):
         return body
 
     def execute(self, context: Context) -> Any:
-        body = self.build_request()
-        hook = FluxHook(self.apiframe_conn_id)
-        settings = hook.settings()
-        with hook.client(settings) as client:
-            job_id = self._submit_or_reconnect(context, client, body)
+        try:
+            record = self._submit_or_reconnect(context)
+            assert record.job_id is not None
             ti = context["ti"]
-            ti.xcom_push(key=REQUEST_XCOM_KEY, value=body)
-            ti.xcom_push(key=JOB_LINK_XCOM_KEY, value=settings.link_for(job_id))
+            ti.xcom_push(key=REQUEST_XCOM_KEY, value=record.request)
+            ti.xcom_push(key=JOB_LINK_XCOM_KEY, value=self.hook.job_link(record.job_id))
             if not self.wait_for_completion:
-                return job_id
-            if not self.deferrable:
-                return self._wait_blocking(client, job_id)
-        deadline = time.time() + self.job_timeout.total_seconds()
-        self.defer(
-            trigger=FluxJobTrigger(
-                job_id, self.apiframe_conn_id, deadline, time.time(), self.poll_interval, self.max_poll_interval
-            ),
-            method_name="execute_complete",
-            timeout=self.job_timeout + timedelta(minutes=1),  # the trigger fires its own timeout first
-        )
+                return record.job_id
+            return self.wait_or_defer(record.job_id, record.submitted_at)
+        finally:
+            self.hook.close()
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        return job_result(event)
-
-    def _submit_or_reconnect(self, context: Context, client: FluxClient, body: dict[str, Any]) -> str:
+    def _submit_or_reconnect(self, context: Context) -> JobRecord:
         store = context.get("task_state_store")
-        previous = store.get(JOB_STATE_KEY) if store is not None else None
-        generation = 0
-        if isinstance(previous, dict):
-            job_id = previous["job_id"]
-            reusable, why = self._reusable(client, job_id)
-            if reusable:
-                self.log.info("reconnecting to job %s submitted by an earlier try (%s)", job_id, why)
-                return job_id
-            generation = int(previous.get("generation", 0)) + 1
-            self.log.warning("job %s from an earlier try %s: submitting a new job deliberately", job_id, why)
-        ti = context["ti"]
+        record = JobRecord.read(store.get(JOB_STATE_KEY)) if store is not None else None
+        if record is None:
+            record = self._new_record(context["ti"], generation=0)
+        elif record.job_id is not None:
+            reuse = self.hook.reuse(record.job_id)
+            if reuse.reusable:
+                self.log.info("reconnecting to job %s submitted by an earlier try (%s)", record.job_id, reuse.why)
+                return record
+            self.log.warning(
+                "job %s from an earlier try %s: submitting a new job deliberately", record.job_id, reuse.why
+            )
+            record = self._new_record(context["ti"], generation=record.generation + 1)
+        else:
+            self.log.info("an earlier try sent this request without learning its job: sending the same body again")
+        if store is not None:  # before the call: whatever happens to it, the next try sends the same
+            store.set(JOB_STATE_KEY, asdict(record), retention=STATE_RETENTION)
+        job_id = self.hook.submit(record.request, record.idempotency_key)
+        record = replace(record, job_id=job_id, submitted_at=time.time())
+        self.log.info(
+            "submitted job %s (Idempotency-Key %s, generation %d)", job_id, record.idempotency_key, record.generation
+        )
+        if store is not None:
+            store.set(JOB_STATE_KEY, asdict(record), retention=STATE_RETENTION)
+        return record
+
+    def _new_record(self, ti: RuntimeTaskInstanceProtocol, generation: int) -> JobRecord:
+        body = self.build_request()
         map_index = ti.map_index if ti.map_index is not None else -1
         key = idempotency_key(ti.dag_id, ti.run_id, ti.task_id, map_index, body, generation)
-        job_id = client.submit(body, key)
-        self.log.info("submitted job %s (Idempotency-Key %s, generation %d)", job_id, key, generation)
-        if store is not None:
-            record = {"job_id": job_id, "generation": generation, "idempotency_key": key}
-            store.set(JOB_STATE_KEY, record, retention=STATE_RETENTION)
-        return job_id
-
-    @staticmethod
-    def _reusable(client: FluxClient, job_id: str) -> tuple[bool, str]:
-        try:
-            job = client.get_job(job_id)
-        except JobNotFound:
-            return False, "is unknown to the API"
-        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return False, f"ended {job.status.value}: {job.error}"
-        if job.status is JobStatus.COMPLETED and job.expired:
-            return False, "completed, but its results expired"
-        return True, f"status {job.status.value}"
-
-    def _wait_blocking(self, client: FluxClient, job_id: str) -> dict[str, Any]:
-        schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
-        started = time.monotonic()
-        deadline = started + self.job_timeout.total_seconds()
-        polls = 0
-        while True:
-            time.sleep(max(0.0, min(schedule.interval(polls, time.monotonic() - started), deadline - time.monotonic())))
-            polls += 1
-            job = client.get_job(job_id)
-            self.log.info("job %s is %s (progress %s%%)", job_id, job.status.value, job.progress)
-            if job.is_terminal or time.monotonic() >= deadline:
-                status = job.status.value if job.is_terminal else "TIMEOUT"
-                return job_result({"status": status, "job": job.to_dict(), "job_id": job_id, "message": "timed out"})
+        return JobRecord(body, key, generation)

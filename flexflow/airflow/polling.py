@@ -1,52 +1,83 @@
-"""What a finished job means for the task, and whether to wait in the triggerer by default."""
+"""How waiting for a job proceeds, written once for the blocking hook and the triggerer's event loop.
+
+:func:`wait_flow` is a generator that does no I/O: it yields what to do next (poll the job, re-read
+the connection, pause) and is sent what a poll returned (the job, or the API error). The hook drives
+it with ``time.sleep`` and the blocking client (``FluxHook.wait_for_job``), and with ``asyncio.sleep``
+and the shared async client (``FluxHook.await_job``, which the trigger calls), so both ways of
+waiting decide the same way.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Literal
 
-from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from flexflow.airflow.outcome import ERROR, TIMEOUT, JobOutcome
+from flexflow.client import ApiError, AuthenticationFailed, Job
+from flexflow.client.polling import PollSchedule
 
-from flexflow.contract.wire import JobStatus
-
-#: Event statuses beyond the API's job statuses.
-TIMEOUT = "TIMEOUT"
-ERROR = "ERROR"
+POLL: Literal["poll"] = "poll"
+#: Read the connection again (its key may have been rotated), then poll.
+RECONNECT: Literal["reconnect"] = "reconnect"
 
 
-def default_deferrable() -> bool:
-    """True, unless the deployment sets ``[operators] default_deferrable`` itself.
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
 
-    Airflow ships that option as False, so reading it alone would make every wait hold a worker
-    slot; flexflow waits in the triggerer unless told otherwise (env var or a changed value).
+
+WaitStep = Literal["poll", "reconnect"] | Pause
+#: What the driver sends back: the polled job, the error the poll raised, or None after any other step.
+PollAnswer = Job | ApiError | None
+WaitFlow = Generator[WaitStep, PollAnswer, JobOutcome]
+
+
+@dataclass(frozen=True)
+class WaitTiming:
+    """When to give up and how often to ask; times are epoch seconds, so they survive a triggerer restart."""
+
+    deadline: float
+    submitted_at: float
+    poll_interval: float
+    max_poll_interval: float
+
+
+def wait_flow(job_id: str, timing: WaitTiming, log: logging.Logger, clock: Callable[[], float] = time.time) -> WaitFlow:
+    """Poll until the job ends, the deadline passes or the API refuses for good; returns the outcome.
+
+    The first poll is immediate: a restarted trigger may find its job long done. Errors the client
+    already retried (rate limits, outages) do not end the wait before the deadline; a 401 re-reads
+    the connection once; any other API error ends it with ``ERROR``.
     """
-    explicit = (
-        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" in os.environ
-        or str(conf.get("operators", "default_deferrable", fallback="False")).lower()
-        != str(conf.get_default_value("operators", "default_deferrable", fallback="False")).lower()
-    )
-    return conf.getboolean("operators", "default_deferrable", fallback=True) if explicit else True
-
-
-def job_result(event: dict[str, Any]) -> dict[str, Any]:
-    """The task's result for a finished-job event; raises what the task should fail with otherwise.
-
-    A job the API FAILED or CANCELLED fails the task without retries: retrying the wait cannot
-    change the job, and a new submission is a deliberate act (clear the submit task).
-    """
-    status = event.get("status")
-    job = event.get("job") or {}
-    job_id = event.get("job_id") or job.get("id")
-    if status == JobStatus.COMPLETED:
-        if not job.get("result_urls"):
-            raise AirflowFailException(f"job {job_id} COMPLETED without result URLs")
-        return job
-    if status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        raise AirflowFailException(
-            f"Apiframe job {job_id} ended {status}: {job.get('error') or 'no error text'}. "
-            "Not retried: clear the submit task to submit a new job deliberately."
-        )
-    if status == TIMEOUT:
-        raise AirflowSensorTimeout(f"job {job_id} was not finished by the timeout: {event.get('message')}")
-    raise AirflowException(f"waiting for job {job_id} failed: {event.get('message')}")
+    schedule = PollSchedule.for_job(job_id, timing.poll_interval, timing.max_poll_interval)
+    polls, status, reconnected = 0, None, False
+    while True:
+        polls += 1
+        answer = yield POLL
+        if isinstance(answer, Job):
+            if answer.status != status:
+                status = answer.status
+                log.info(
+                    "job %s is %s (progress %s%%, x-request-id %s)",
+                    job_id,
+                    status.value,
+                    answer.progress,
+                    answer.request_id,
+                )
+            if answer.is_terminal:
+                return JobOutcome.of_job(answer)
+        elif isinstance(answer, AuthenticationFailed) and not reconnected:
+            reconnected = True
+            yield RECONNECT
+        elif isinstance(answer, ApiError) and answer.retryable:
+            log.warning("job %s: polling failed (%s); will try again", job_id, answer.summary)
+        elif isinstance(answer, ApiError):
+            return JobOutcome.stopped(ERROR, job_id, str(answer))
+        remaining = timing.deadline - clock()
+        if remaining <= 0:
+            last = status.value if status else "unknown"
+            return JobOutcome.stopped(TIMEOUT, job_id, f"no result after {polls} polls; last status {last}")
+        yield Pause(min(schedule.interval(polls - 1, clock() - timing.submitted_at), remaining))

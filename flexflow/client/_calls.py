@@ -90,7 +90,8 @@ class ApiCalls:
             raise errors.UnexpectedResponse(
                 f"submit answered {response.status_code} without a jobId", request_id=_request_id(response)
             )
-        log.info("submitted job %s (Idempotency-Key %s, x-request-id %s)", job_id, key, _request_id(response))
+        # DEBUG: callers log the submit with what they know (the operator: the try's generation).
+        log.debug("submitted job %s (Idempotency-Key %s, x-request-id %s)", job_id, key, _request_id(response))
         return job_id
 
     def get_job(self, job_id: str) -> Flow[Job]:

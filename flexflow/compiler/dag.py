@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import DAG, BaseOperator, TaskGroup
+from airflow.sdk import DAG, BaseOperator, TaskGroup, task_group
+from airflow.sdk.definitions.xcom_arg import XComArg
 from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.sensors import FluxJobSensor
-from flexflow.compiler.layout import FINALIZE, PUBLISH, SUBMIT, WAIT
+from flexflow.compiler.layout import (
+    VARIANT_FLUX,
+    VARIANT_LABEL,
+    FromTask,
+    FromVariant,
+    PlannedGroup,
+    PlannedTask,
+    task_layout,
+)
 from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
-from flexflow.spec.model import ImageSpec, Spec, thawed
+from flexflow.spec.model import Spec, thawed
 from flexflow.spec.problems import SpecProblem
 
 FLEXFLOW_TAG = "flexflow"
 INVALID_TAG = "invalid"
+OPERATORS: dict[str, type[BaseOperator]] = {
+    cls.__name__: cls for cls in (FluxFlexOperator, FluxJobSensor, PublishImageOperator, FinalizeRunOperator)
+}
 
 
 def compile_spec(spec: Spec) -> DAG:
-    """The DAG of a spec; its tasks are exactly those of ``task_layout`` (what ``plan`` shows).
-
-    That is held by tests/test_golden_dags.py, not checked here: this runs on every DAG parse.
-    """
+    """The DAG of a spec: an interpretation of its ``task_layout`` (what ``plan`` shows), nothing more."""
+    layout = task_layout(spec)
     with DAG(
         dag_id=spec.dag_id,
         description=spec.description,
@@ -35,53 +45,45 @@ def compile_spec(spec: Spec) -> DAG:
         params=thawed(spec.params),
         default_args={"owner": spec.owner},
     ) as dag:
-        publishes = [_image_group(spec, image) for image in spec.images]
-        FinalizeRunOperator(
-            task_id=FINALIZE,
-            publish_task_ids=[p.task_id for p in publishes],
-            expected_files=spec.job_count,
-            to=spec.publish.to,
-            conn_id=spec.publish.conn_id,
-            asset=spec.publish.asset,
-            manifest=spec.publish.manifest,
-        ).set_upstream(publishes)
+        built = {task.task_id: task for group in layout.groups for task in _group(group)}
+        finalize = _operator(layout.finalize, built, {})
+        finalize.set_upstream([built[task_id] for task_id in layout.finalize.upstream])
     return dag
 
 
-def _image_group(spec: Spec, image: ImageSpec) -> Any:
-    """Tasks of one image; variants are dynamic task mapping over the variant values, not copies."""
-    retry = {"retries": image.retries, "retry_delay": image.retry_delay}
-    poll = {"poll_interval": image.poll_interval.total_seconds(), "apiframe_conn_id": spec.connection_id}
-    publish_args = {
-        "image": image.name,
-        "variant_labels": [v.label for v in image.variants],
-        "submit_task_id": f"{image.name}.{SUBMIT}",
-        "to": spec.publish.to,
-        "filename": spec.publish.filename,
-        "conn_id": spec.publish.conn_id,
-    }
-    submit_args = {
-        "task_id": SUBMIT,
-        "prompt": image.prompt,
-        "flux": dict(image.flux),
-        "webhook_url": image.webhook_url,
-        "job_timeout": image.timeout,
-        **poll,
-        **retry,
-    }
-    wait_args = {"task_id": WAIT, "timeout": image.timeout.total_seconds(), **poll, **retry}
-    publish_args = {"task_id": PUBLISH, **publish_args, **retry}
-    with TaskGroup(image.name):
-        if image.variant_keys:
-            submitted = FluxFlexOperator.partial(**submit_args).expand(
-                flux_overrides=[dict(v.flux) for v in image.variants]
-            )
-            waited = FluxJobSensor.partial(**wait_args).expand(job_id=submitted.output)
-            return PublishImageOperator.partial(**publish_args).expand(job=waited.output)
-        # One job: plain tasks, so the graph shows no mapping where there is none.
-        submitted = FluxFlexOperator(**submit_args)
-        waited = FluxJobSensor(job_id=submitted.output, **wait_args)
-        return PublishImageOperator(job=waited.output, **publish_args)
+def _group(group: PlannedGroup) -> list[BaseOperator]:
+    """The group's tasks; a group with variants is mapped over them (``expand_kwargs`` over the records)."""
+    if group.variants is None:
+        with TaskGroup(group.group_id):
+            return _chain(group.tasks, {})
+    built: list[BaseOperator] = []
+
+    def variant_chain(variant: Any, flux_overrides: Any) -> None:
+        built.extend(_chain(group.tasks, {VARIANT_LABEL: variant, VARIANT_FLUX: flux_overrides}))
+
+    task_group(group_id=group.group_id)(variant_chain).expand_kwargs([dict(r) for r in group.variants])
+    return built
+
+
+def _chain(tasks: Sequence[PlannedTask], variant: dict[str, Any]) -> list[BaseOperator]:
+    built: dict[str, BaseOperator] = {}
+    for task in tasks:
+        built[task.task_id] = _operator(task, built, variant)
+    return list(built.values())
+
+
+def _operator(task: PlannedTask, built: Mapping[str, BaseOperator], variant: Mapping[str, Any]) -> BaseOperator:
+    """One task, its run-time arguments wired: XComs of upstream tasks, fields of the variant record."""
+    arguments = {name: _argument(value, built, variant) for name, value in task.arguments.items()}
+    return OPERATORS[task.operator](task_id=task.step, **arguments)
+
+
+def _argument(value: Any, built: Mapping[str, BaseOperator], variant: Mapping[str, Any]) -> Any:
+    if isinstance(value, FromTask):
+        return XComArg(built[value.task_id], key=value.key)
+    if isinstance(value, FromVariant):
+        return variant[value.field]
+    return value
 
 
 def _doc(spec: Spec) -> str:

@@ -1,35 +1,152 @@
-"""The tasks a spec compiles to: one description used both to build the DAG and by ``flexflow plan``."""
+"""The tasks a spec compiles to, described once: ``flexflow plan`` shows it and the compiler only interprets it.
+
+Per image a task group ``<image>``: submit -> wait -> publish. An image with variants is one mapped task
+group over its variant records (label and flux overrides together), so every variant has its own
+submit -> wait -> publish chain: a failed variant never keeps its siblings' paid images from being
+published. Then one ``finalize`` after every group. Nothing here imports Airflow.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from flexflow.spec.model import Spec
+from flexflow.airflow.keys import REQUEST_XCOM_KEY
+from flexflow.spec.model import ImageSpec, Spec, thawed
 
 SUBMIT, WAIT, PUBLISH, FINALIZE = "submit", "wait", "publish", "finalize"
+#: The fields of a variant record, the arguments of a mapped image group.
+VARIANT_LABEL, VARIANT_FLUX = "variant", "flux_overrides"
+
+
+@dataclass(frozen=True)
+class FromTask:
+    """An argument filled at run time with an upstream task's XCom (the same map index in a mapped group)."""
+
+    task_id: str
+    key: str = "return_value"
+
+
+@dataclass(frozen=True)
+class FromVariant:
+    """An argument filled with a field of the mapped group's variant record."""
+
+    field: str
 
 
 @dataclass(frozen=True)
 class PlannedTask:
-    task_id: str
+    task_id: str  # the full id, ``<image>.<step>`` inside a group
     kind: str  # submit | wait | publish | finalize
     operator: str
+    arguments: Mapping[str, Any]  # constructor arguments; FromTask/FromVariant values are filled at run time
     upstream: tuple[str, ...]
-    mapped: int | None  # number of mapped instances (variants), None when not mapped
+    mapped: int | None  # the group's mapped instances (variants); None when not mapped
     image: str | None
 
+    @property
+    def step(self) -> str:
+        """The id inside its group."""
+        return self.task_id.rpartition(".")[2]
 
-def task_layout(spec: Spec) -> list[PlannedTask]:
-    """Per image a task group ``<image>``: submit -> wait -> publish; then one ``finalize`` after all."""
-    tasks: list[PlannedTask] = []
-    for image in spec.images:
-        mapped = image.job_count if image.variant_keys else None
-        submit, wait, publish = (f"{image.name}.{step}" for step in (SUBMIT, WAIT, PUBLISH))
-        tasks += [
-            PlannedTask(submit, SUBMIT, "FluxFlexOperator", (), mapped, image.name),
-            PlannedTask(wait, WAIT, "FluxJobSensor", (submit,), mapped, image.name),
-            PlannedTask(publish, PUBLISH, "PublishImageOperator", (wait,), mapped, image.name),
-        ]
-    publishes = tuple(t.task_id for t in tasks if t.kind == PUBLISH)
-    tasks.append(PlannedTask(FINALIZE, FINALIZE, "FinalizeRunOperator", publishes, None, None))
-    return tasks
+
+@dataclass(frozen=True)
+class PlannedGroup:
+    group_id: str
+    variants: tuple[Mapping[str, Any], ...] | None  # the records a mapped group expands over
+    tasks: tuple[PlannedTask, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    groups: tuple[PlannedGroup, ...]
+    finalize: PlannedTask
+
+    @property
+    def tasks(self) -> list[PlannedTask]:
+        return [*(task for group in self.groups for task in group.tasks), self.finalize]
+
+
+def task_layout(spec: Spec) -> Layout:
+    groups = tuple(_image_group(spec, image) for image in spec.images)
+    publishes = tuple(group.tasks[-1].task_id for group in groups)
+    finalize = PlannedTask(
+        FINALIZE,
+        FINALIZE,
+        "FinalizeRunOperator",
+        {
+            "publish_task_ids": list(publishes),
+            "expected_files": spec.job_count,
+            "to": spec.publish.to,
+            "conn_id": spec.publish.conn_id,
+            "asset": spec.publish.asset,
+            "manifest": spec.publish.manifest,
+        },
+        publishes,
+        None,
+        None,
+    )
+    return Layout(groups, finalize)
+
+
+def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
+    mapped = image.job_count if image.variant_keys else None
+    submit, wait, publish = (f"{image.name}.{step}" for step in (SUBMIT, WAIT, PUBLISH))
+    retry = {"retries": image.retries, "retry_delay": image.retry_delay}
+    api = {
+        "apiframe_conn_id": spec.connection_id,
+        "poll_interval": image.poll_interval.total_seconds(),
+        "deferrable": True,  # waits hold no worker slot: that is what the triggerer is for
+    }
+    submit_args = {
+        "prompt": image.prompt,
+        "flux": thawed(image.flux),
+        "webhook_url": image.webhook_url,
+        "job_timeout": image.timeout,
+        **api,
+        **retry,
+    }
+    publish_args = {
+        "job": FromTask(wait),
+        "request": FromTask(submit, REQUEST_XCOM_KEY),
+        "image": image.name,
+        "variant": FromVariant(VARIANT_LABEL) if mapped else "",
+        "to": spec.publish.to,
+        "filename": spec.publish.filename,
+        "conn_id": spec.publish.conn_id,
+        **retry,
+    }
+    if mapped:
+        submit_args[VARIANT_FLUX] = FromVariant(VARIANT_FLUX)
+    tasks = (
+        PlannedTask(submit, SUBMIT, "FluxFlexOperator", submit_args, (), mapped, image.name),
+        PlannedTask(
+            wait,
+            WAIT,
+            "FluxJobSensor",
+            {"job_id": FromTask(submit), "timeout": image.timeout.total_seconds(), **api, **retry},
+            (submit,),
+            mapped,
+            image.name,
+        ),
+        PlannedTask(publish, PUBLISH, "PublishImageOperator", publish_args, (wait, submit), mapped, image.name),
+    )
+    variants = tuple({VARIANT_LABEL: v.label, VARIANT_FLUX: thawed(v.flux)} for v in image.variants)
+    return PlannedGroup(image.name, variants if mapped else None, tasks)
+
+
+def described(value: Any) -> Any:
+    """JSON-ready form of an argument, for ``flexflow plan --format json``: durations in seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, FromTask):
+        return {"xcom_from": value.task_id, "key": value.key}
+    if isinstance(value, FromVariant):
+        return {"variant_field": value.field}
+    if isinstance(value, Mapping):
+        return {str(k): described(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [described(v) for v in value]
+    return value

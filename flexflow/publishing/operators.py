@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
-from flexflow.airflow.operators import REQUEST_XCOM_KEY
+from flexflow.airflow.outcome import JobOutcome
 from flexflow.contract import output_size
 from flexflow.publishing.download import DownloadError, download_image
 from flexflow.publishing.store import target_folder, write_atomic
@@ -25,25 +25,26 @@ MANIFEST_VERSION = 1
 class PublishImageOperator(BaseOperator):
     """Download a finished job's images promptly (signed URLs expire), check them, store them atomically.
 
-    :param job: the finished job (the wait task's result)
+    :param job: the job's outcome (the wait task's result, a stored ``JobOutcome``)
+    :param request: the request body as sent (the submit task's ``request`` XCom: prompt and flux params)
     :param image: the spec's image name
-    :param variant_labels: the ``{variant}`` label of each mapped instance, by map index
-    :param submit_task_id: the task whose XCom holds the request (prompt and flux params as sent)
+    :param variant: the variant's ``{variant}`` label ("" when the image has no variants; templated, so a
+        mapped task group can pass each variant's own)
     :param to: target folder URL (templated): file://, s3://, gs://
     :param filename: file name pattern (templated), placeholders {image} {variant} {ext} {job_id}
     :param conn_id: storage connection for remote targets
     """
 
-    template_fields: Sequence[str] = ("job", "to", "filename")
+    template_fields: Sequence[str] = ("job", "request", "variant", "to", "filename")
     ui_color = "#e8f7e4"
 
     def __init__(
         self,
         *,
-        job: dict[str, Any],
+        job: Mapping[str, Any],
+        request: Mapping[str, Any],
         image: str,
-        variant_labels: Sequence[str],
-        submit_task_id: str,
+        variant: str = "",
         to: str,
         filename: str,
         conn_id: str | None = None,
@@ -51,32 +52,28 @@ class PublishImageOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.job = job
+        self.request = request
         self.image = image
-        self.variant_labels = list(variant_labels)
-        self.submit_task_id = submit_task_id
+        self.variant = variant
         self.to = to
         self.filename = filename
         self.conn_id = conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        ti = context["ti"]
-        map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
-        request = ti.xcom_pull(task_ids=self.submit_task_id, key=REQUEST_XCOM_KEY, map_indexes=map_index)
-        flux = request["fluxParams"]
-        variant = self.variant_labels[map_index or 0]
+        outcome = JobOutcome.from_stored(self.job)
+        flux = self.request["fluxParams"]
         folder = target_folder(self.to, self.conn_id)
-        urls = self.job["result_urls"]
         records = []
-        for number, url in enumerate(urls):
+        for number, url in enumerate(outcome.images):
             try:
                 image = download_image(url, expected_format=flux["output_format"], expected_size=output_size(flux))
             except DownloadError as exc:
-                where = f"{exc} (job {self.job['id']}, image {self.image}{variant})"
+                where = f"{exc} (job {outcome.job_id}, image {self.image}{self.variant})"
                 if exc.permanent:  # retrying the download cannot bring the result back
                     raise AirflowFailException(f"{where}; clear the submit task to generate it again") from exc
                 raise DownloadError(where) from exc
-            name = self.filename.format(image=self.image, variant=variant, ext=image.format, job_id=self.job["id"])
-            if len(urls) > 1:
+            name = self.filename.format(image=self.image, variant=self.variant, ext=image.format, job_id=outcome.job_id)
+            if len(outcome.images) > 1:
                 stem, dot, ext = name.rpartition(".")
                 name = f"{stem}-{number}{dot}{ext}"
             target = folder / name
@@ -94,12 +91,12 @@ class PublishImageOperator(BaseOperator):
                     "file": str(target),
                     "name": name,
                     "image": self.image,
-                    "variant": variant,
-                    "prompt": request["prompt"],
+                    "variant": self.variant,
+                    "prompt": self.request["prompt"],
                     "flux": flux,
                     "seed": flux.get("seed"),
-                    "job_id": self.job["id"],
-                    "credit_cost": self.job.get("credit_cost"),
+                    "job_id": outcome.job_id,
+                    "credit_cost": outcome.credit_cost,
                     "sha256": image.sha256,
                     "bytes": image.size_bytes,
                     "width": image.width,

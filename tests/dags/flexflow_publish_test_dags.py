@@ -3,13 +3,9 @@ flexflow's DAG-folder loader exactly as a deployment's DAG file would ("airflow"
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from airflow.sdk import DAG
 
 from flexflow.compiler.loader import load_dags
 
-SPECS = Path(__file__).resolve().parent.parent / "specs" / "publish"
-
-DAGS: dict[str, DAG] = load_dags(SPECS)
+DAGS: dict[str, DAG] = load_dags(__file__, "../specs/publish")
 globals().update(DAGS)

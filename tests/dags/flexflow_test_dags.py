@@ -35,7 +35,7 @@ def _dag(dag_id: str) -> DAG:
 
 with _dag("test_crash_after_submit"):
     crash = CrashAfterSubmit(task_id="submit", prompt="crash test", flux=FLUX, retries=2, retry_delay=timedelta(0))
-    FluxJobSensor(task_id="wait", job_id=crash.output, poll_interval=FAST)
+    FluxJobSensor(task_id="wait", job_id=crash.output, poll_interval=FAST, deferrable=True)
 
 for mode in ("poke", "reschedule"):
     with _dag(f"test_sensor_{mode}"):
@@ -55,7 +55,21 @@ for deferrable in (True, False):
 
 with _dag("test_failed_job"):
     doomed = FluxFlexOperator(task_id="submit", prompt="will fail", flux=FLUX, retries=2, retry_delay=timedelta(0))
-    FluxJobSensor(task_id="wait", job_id=doomed.output, poll_interval=FAST, retries=2, retry_delay=timedelta(0))
+    FluxJobSensor(
+        task_id="wait", job_id=doomed.output, poll_interval=FAST, deferrable=True, retries=2, retry_delay=timedelta(0)
+    )
 
 with _dag("test_invalid_request"):
     FluxFlexOperator(task_id="submit", prompt="bad", flux={"guidance": 3.33}, retries=2, retry_delay=timedelta(0))
+
+with _dag("test_clock_prompt"):
+    # The prompt renders differently on every try (a fresh UUID): only the body kept from the first
+    # render, with its Idempotency-Key, keeps a retry from paying for a second job.
+    clocked = FluxFlexOperator.partial(
+        task_id="submit",
+        prompt="poster, render {{ macros.uuid.uuid4() }}",
+        flux=FLUX,
+        retries=4,
+        retry_delay=timedelta(0),
+    ).expand(flux_overrides=[{"seed": 1}, {"seed": 2}, {"seed": 3}])
+    FluxJobSensor.partial(task_id="wait", poll_interval=FAST, deferrable=True).expand(job_id=clocked.output)
