@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
@@ -175,8 +175,8 @@ class FluxHook(BaseHook):
         while True:
             try:
                 step = flow.send(self._carry_out(step, job_id))
-            except StopIteration as done:
-                return done.value
+            except StopIteration as done:  # StopIteration is not generic: the flow's return type is
+                return cast("JobOutcome", done.value)
 
     def _carry_out(self, step: WaitStep, job_id: str) -> PollAnswer:
         if isinstance(step, Pause):
@@ -216,7 +216,7 @@ class FluxHook(BaseHook):
                 try:
                     step = flow.send(await self._acarry_out(step, job_id))
                 except StopIteration as done:
-                    return done.value
+                    return cast("JobOutcome", done.value)
 
     async def _acarry_out(self, step: WaitStep, job_id: str) -> PollAnswer:
         if isinstance(step, Pause):

@@ -9,15 +9,17 @@ waiting decide the same way.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from flexflow.airflow.outcome import ERROR, TIMEOUT, JobOutcome
 from flexflow.client import ApiError, AuthenticationFailed, Job
 from flexflow.client.polling import PollSchedule
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import Logger
 
 POLL: Literal["poll"] = "poll"
 #: Read the connection again (its key may have been rotated), then poll.
@@ -45,7 +47,7 @@ class WaitTiming:
     max_poll_interval: float
 
 
-def wait_flow(job_id: str, timing: WaitTiming, log: logging.Logger, clock: Callable[[], float] = time.time) -> WaitFlow:
+def wait_flow(job_id: str, timing: WaitTiming, log: Logger, clock: Callable[[], float] = time.time) -> WaitFlow:
     """Poll until the job ends, the deadline passes or the API refuses for good; returns the outcome.
 
     The first poll is immediate: a restarted trigger may find its job long done. Errors the client

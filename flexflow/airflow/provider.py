@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexflow import __version__
+from flexflow import __version__, defaults
 from flexflow.contract.wire import PRODUCTION_BASE_URL
 
 
@@ -31,17 +31,22 @@ def get_provider_info() -> dict[str, Any]:
                     "request_timeout": {
                         "label": "Request timeout (s)",
                         "description": "Longest wait for one API response.",
-                        "schema": {"type": ["integer", "null"], "default": 60, "minimum": 1},
+                        "schema": {"type": ["number", "null"], "default": defaults.REQUEST_TIMEOUT, "minimum": 1},
                     },
                     "max_attempts": {
                         "label": "Max attempts",
                         "description": "Attempts per call for rate limits and outages (backoff in between).",
-                        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 1, "maximum": 20},
+                        "schema": {
+                            "type": ["integer", "null"],
+                            "default": defaults.MAX_ATTEMPTS,
+                            "minimum": 1,
+                            "maximum": 20,
+                        },
                     },
                     "job_link": {
                         "label": "Job link",
                         "description": "Where the 'Apiframe job' button points; {base_url} and {job_id} are filled in.",
-                        "schema": {"type": ["string", "null"]},
+                        "schema": {"type": ["string", "null"], "default": defaults.JOB_LINK},
                     },
                 },
                 "ui-field-behaviour": {

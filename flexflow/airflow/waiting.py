@@ -16,9 +16,8 @@ from flexflow.airflow.triggers import FluxJobTrigger
 from flexflow.contract.wire import JobStatus
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow.sdk import Context
+    from airflow.sdk.types import Logger
     from airflow.triggers.base import BaseTrigger
 
 #: The task's own timeout outlasts the trigger's deadline, so the trigger reports the timeout first.
@@ -33,8 +32,10 @@ class JobWaiting:
     poll_interval: float
     max_poll_interval: float
 
-    if TYPE_CHECKING:
-        log: logging.Logger
+    if TYPE_CHECKING:  # provided by BaseOperator, which every user of the mixin also derives from
+
+        @property
+        def log(self) -> Logger: ...
 
         def defer(
             self,
@@ -42,7 +43,7 @@ class JobWaiting:
             trigger: BaseTrigger,
             method_name: str,
             kwargs: dict[str, Any] | None = None,
-            timeout: timedelta | None = None,
+            timeout: timedelta | int | float | None = None,
         ) -> NoReturn: ...
 
     def wait_timeout(self) -> timedelta:
