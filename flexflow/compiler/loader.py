@@ -8,6 +8,7 @@ in a fresh process, so an in-memory cache would not survive).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,10 @@ def dag_file_source(specs: str, connection_id: str | None = None) -> str:
     writes and the deployment harness's bundle. ``FLEXFLOW_SPECS_DIR`` overrides ``specs`` when set;
     ``connection_id`` replaces the specs' own Airflow connection (``flexflow run --connection``).
     """
-    arguments = f"__file__, {specs!r}" + (f", connection_id={connection_id!r}" if connection_id else "")
+    # JSON string literals are Python string literals, double-quoted as ruff formats the file.
+    arguments = f"__file__, {json.dumps(specs)}" + (
+        f", connection_id={json.dumps(connection_id)}" if connection_id else ""
+    )
     return (
         '"""flexflow\'s DAG file: every spec under FLEXFLOW_SPECS_DIR (default: the path below, relative to\n'
         'this file) becomes an Airflow DAG. Copy this file into a DAG bundle to deploy flexflow."""\n\n'
