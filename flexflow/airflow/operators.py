@@ -105,12 +105,9 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         self.flux = flux or {}
         self.flux_overrides = flux_overrides or {}
         self.webhook_url = webhook_url
-        self.apiframe_conn_id = apiframe_conn_id
         self.wait_for_completion = wait_for_completion
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.max_poll_interval = max_poll_interval
         self.job_timeout = job_timeout
+        self.wait_with(apiframe_conn_id, deferrable, poll_interval, max_poll_interval)
 
     def wait_timeout(self) -> timedelta:
         return self.job_timeout

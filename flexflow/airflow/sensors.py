@@ -50,10 +50,7 @@ class FluxJobSensor(JobWaiting, BaseSensorOperator):
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
         self.job_id = job_id
-        self.apiframe_conn_id = apiframe_conn_id
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.max_poll_interval = max_poll_interval
+        self.wait_with(apiframe_conn_id, deferrable, poll_interval, max_poll_interval)
 
     def wait_timeout(self) -> timedelta:
         return timedelta(seconds=self.timeout)

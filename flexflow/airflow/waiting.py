@@ -46,6 +46,15 @@ class JobWaiting:
             timeout: timedelta | int | float | None = None,
         ) -> NoReturn: ...
 
+    def wait_with(
+        self, apiframe_conn_id: str, deferrable: bool, poll_interval: float, max_poll_interval: float
+    ) -> None:
+        """Set the four attributes (from the operator's ``__init__``)."""
+        self.apiframe_conn_id = apiframe_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+
     def wait_timeout(self) -> timedelta:
         """Longest wait for the job."""
         raise NotImplementedError
