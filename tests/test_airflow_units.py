@@ -487,3 +487,12 @@ def test_hook_test_connection_against_the_emulator(
     assert "Check the API key in the Airflow connection" in message
     assert "afk_wrong_key" not in message
     assert emulator.accounting()["submissions"] == 0, "testing a connection never submits (never bills)"
+
+
+async def test_hook_aget_job_reads_through_the_shared_client_and_lets_it_go(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    job_id = submit(emulator)
+    job = await FluxHook().aget_job(job_id)
+    assert (job.id, job.status.value) == (job_id, "COMPLETED")
+    assert shared_clients.users("apiframe_default") == 0, "a one-off call holds no client afterwards"
