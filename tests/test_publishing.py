@@ -10,7 +10,8 @@ import io
 import json
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,26 +280,48 @@ def run_folder(kind: str, run_id: str) -> Path:
     return PUBLISH_ROOT / kind / run_id.replace(":", "_")
 
 
-def asset_events(db: Path, dag_id: str, run_id: str) -> list[tuple[Any, ...]]:
-    return rows(db, "SELECT id, extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?", dag_id, run_id)
+@dataclass(frozen=True)
+class FaultedRun:
+    dag_id: str
+    dag_run: Any
+    folder: Path
+    states: dict[str, tuple[str, int]]
+    output: str
 
 
-def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
+@pytest.fixture
+def faulted_run(
     publish_dags: dict[str, Any],
     emulator: EmulatorServer,
     apiframe_connection: str,
     airflow_db: Path,
     run_folders: list[Path],
     capfd: pytest.CaptureFixture[str],
+) -> Callable[..., FaultedRun]:
+    """Run a spec of tests/specs/publish with one fault injected; what the run left behind."""
+
+    def run(name: str, **fault: Any) -> FaultedRun:
+        dag_id = f"flexflow_test_publish_{name}"
+        emulator.faults.add({"count": 1, **fault})
+        dag_run = publish_dags[dag_id].test()
+        folder = run_folder(name, dag_run.run_id)
+        run_folders.append(folder)
+        states = task_states(airflow_db, dag_id, dag_run.run_id)
+        return FaultedRun(dag_id, dag_run, folder, states, "".join(capfd.readouterr()))
+
+    return run
+
+
+def asset_events(db: Path, dag_id: str, run_id: str) -> list[tuple[Any, ...]]:
+    return rows(db, "SELECT id, extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?", dag_id, run_id)
+
+
+def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
+    faulted_run: Callable[..., FaultedRun], publish_dags: dict[str, Any], airflow_db: Path
 ) -> None:
-    dag_id = "flexflow_test_publish_partly_failed"
+    run = faulted_run("partly_failed", fault="fail")
+    dag_id, dag_run, folder, states, output = run.dag_id, run.dag_run, run.folder, run.states, run.output
     dag = publish_dags[dag_id]
-    emulator.faults.add({"fault": "fail", "count": 1})
-    dag_run = dag.test()
-    folder = run_folder("partly_failed", dag_run.run_id)
-    run_folders.append(folder)
-    states = task_states(airflow_db, dag_id, dag_run.run_id)
-    output = "".join(capfd.readouterr())
 
     assert dag_run.state == "failed", states
     assert states["finalize"] == ("failed", 1), "finalize ran (all_done) and failed"
@@ -329,20 +352,10 @@ def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
 
 
 def test_a_failed_variant_does_not_keep_its_siblings_from_being_published(
-    publish_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    run_folders: list[Path],
-    capfd: pytest.CaptureFixture[str],
+    faulted_run: Callable[..., FaultedRun], emulator: EmulatorServer, airflow_db: Path
 ) -> None:
-    dag_id = "flexflow_test_publish_variant_failed"
-    emulator.faults.add({"fault": "fail", "count": 1})
-    dag_run = publish_dags[dag_id].test()
-    folder = run_folder("variant_failed", dag_run.run_id)
-    run_folders.append(folder)
-    states = task_states(airflow_db, dag_id, dag_run.run_id)
-    output = "".join(capfd.readouterr())
+    run = faulted_run("variant_failed", fault="fail")
+    dag_id, dag_run, folder, states, output = run.dag_id, run.dag_run, run.folder, run.states, run.output
 
     assert dag_run.state == "failed", states
     waits = {index: states[f"poster.wait[{index}]"][0] for index in range(3)}
@@ -362,18 +375,10 @@ def test_a_failed_variant_does_not_keep_its_siblings_from_being_published(
 
 
 def test_a_publish_retry_after_a_failed_download_stores_each_file_once(
-    publish_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    run_folders: list[Path],
+    faulted_run: Callable[..., FaultedRun], emulator: EmulatorServer, airflow_db: Path
 ) -> None:
-    dag_id = "flexflow_test_publish_retried"
-    emulator.faults.add({"fault": "http_503", "count": 1, "route": "file"})
-    dag_run = publish_dags[dag_id].test()
-    folder = run_folder("retried", dag_run.run_id)
-    run_folders.append(folder)
-    states = task_states(airflow_db, dag_id, dag_run.run_id)
+    run = faulted_run("retried", fault="http_503", route="file")
+    dag_id, dag_run, folder, states = run.dag_id, run.dag_run, run.folder, run.states
 
     assert dag_run.state == "success", states
     assert sorted(states[f"tile.publish[{i}]"] for i in (0, 1)) == [("success", 1), ("success", 2)]
@@ -390,20 +395,10 @@ def test_a_publish_retry_after_a_failed_download_stores_each_file_once(
 
 
 def test_a_result_that_is_not_an_image_fails_publish_and_writes_no_manifest(
-    publish_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    run_folders: list[Path],
-    capfd: pytest.CaptureFixture[str],
+    faulted_run: Callable[..., FaultedRun], airflow_db: Path
 ) -> None:
-    dag_id = "flexflow_test_publish_wrong_content"
-    emulator.faults.add({"fault": "wrong_content_type", "count": 1})
-    dag_run = publish_dags[dag_id].test()
-    folder = run_folder("wrong_content", dag_run.run_id)
-    run_folders.append(folder)
-    states = task_states(airflow_db, dag_id, dag_run.run_id)
-    output = "".join(capfd.readouterr())
+    run = faulted_run("wrong_content", fault="wrong_content_type")
+    dag_id, dag_run, folder, states, output = run.dag_id, run.dag_run, run.folder, run.states, run.output
 
     assert dag_run.state == "failed", states
     assert states["only.wait"][0] == "success"
