@@ -27,27 +27,25 @@ def test_a_crash_after_submit_reconnects_on_retry(
     assert accounting["submissions"] == 1, "the retry read the job from task_state_store, it did not submit"
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule"])
-def test_sensor_without_triggerer(
-    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, mode: str
+@pytest.mark.parametrize(
+    ("dag_id", "task_id"),
+    [
+        ("test_sensor_poke", "wait"),  # a sensor without the triggerer, holding its slot
+        ("test_sensor_reschedule", "wait"),  # ... or giving it back between pokes
+        ("test_submit_and_wait_deferred", "submit_and_wait"),  # one task submits and waits in the triggerer
+        ("test_submit_and_wait_blocking", "submit_and_wait"),  # ... or in the task
+    ],
+)
+def test_every_way_of_waiting_returns_the_finished_job(
+    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, dag_id: str, task_id: str
 ) -> None:
-    state, run_id = run(f"test_sensor_{mode}")
+    state, run_id = run(dag_id)
     assert state == "success"
-    [job] = xcom(airflow_db, f"test_sensor_{mode}", run_id, "wait")
+    [job] = xcom(airflow_db, dag_id, run_id, task_id)
     assert job["status"] == "COMPLETED"
     assert job["images"][0].startswith(emulator.url)
-    assert emulator.accounting()["jobs_billed"] == 1
-
-
-@pytest.mark.parametrize("how", ["deferred", "blocking"])
-def test_operator_can_submit_and_wait(
-    emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path, how: str
-) -> None:
-    state, run_id = run(f"test_submit_and_wait_{how}")
-    assert state == "success"
-    [job] = xcom(airflow_db, f"test_submit_and_wait_{how}", run_id, "submit_and_wait")
-    assert job["status"] == "COMPLETED"
     assert job["credit_cost"] == 5
+    assert emulator.accounting()["jobs_billed"] == 1
 
 
 def test_a_failed_job_fails_the_wait_without_retries(

@@ -407,29 +407,28 @@ def test_settings_link_for() -> None:
     assert settings.link_for("abc") == "http://h/jobs/abc"
 
 
-def test_airflow_providers_list_shows_flexflow(airflow_db: Path) -> None:
+def airflow_cli_json(*command: str) -> str:
     import os
     import subprocess
     import sys
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list", "-o", "json"],
+    shown = subprocess.run(
+        [sys.executable, "-m", "airflow", *command, "-o", "json"],
         capture_output=True,
         text=True,
         check=True,
         env=os.environ.copy(),
     )
-    providers = {p["package_name"]: p for p in json.loads(listed.stdout[listed.stdout.index("[") :])}
+    return shown.stdout
+
+
+def test_airflow_providers_list_shows_flexflow(airflow_db: Path) -> None:
+    listed = airflow_cli_json("providers", "list")
+    providers = {p["package_name"]: p for p in json.loads(listed[listed.index("[") :])}
     assert "flexflow" in providers
-    hooks = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=os.environ.copy(),
-    )
-    assert '"apiframe"' in hooks.stdout
-    assert "Apiframe (Flux)" in hooks.stdout
+    hooks = airflow_cli_json("providers", "hooks")
+    assert '"apiframe"' in hooks
+    assert "Apiframe (Flux)" in hooks
 
 
 def test_sensor_on_a_finished_job_returns_without_deferring(emulator: EmulatorServer, apiframe_connection: str) -> None:

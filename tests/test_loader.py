@@ -321,26 +321,27 @@ def test_parsing_context_compiles_only_the_running_dags_spec(
     assert read == [spec_folder / "alpha.yaml"], "the broken and the other specs were not even loaded"
 
 
-def test_parsing_context_of_a_broken_dag_still_shows_its_problems(
-    spec_folder: Path, monkeypatch: pytest.MonkeyPatch, loaded_files: tuple[list[list[Path]], list[Path]]
+@pytest.mark.parametrize(
+    ("dag_id", "files"),
+    [
+        ("loader_broken", ["broken.yaml"]),  # a broken DAG still shows its problems
+        ("loader_shared", sorted(DUPLICATES)),  # both copies of a duplicate id: still neither wins
+    ],
+)
+def test_parsing_context_of_a_flagged_dag_loads_its_files_and_flags_it(
+    spec_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loaded_files: tuple[list[list[Path]], list[Path]],
+    dag_id: str,
+    files: list[str],
 ) -> None:
     _, read = loaded_files
-    monkeypatch.setenv(PARSING_DAG_ID, "loader_broken")
+    monkeypatch.setenv(PARSING_DAG_ID, dag_id)
     dags = load_dags(__file__, str(spec_folder))
-    assert list(dags) == ["loader_broken"]
-    assert INVALID_TAG in dags["loader_broken"].tags
-    assert read == [spec_folder / "broken.yaml"]
-
-
-def test_parsing_context_of_duplicates_loads_both_copies(
-    spec_folder: Path, monkeypatch: pytest.MonkeyPatch, loaded_files: tuple[list[list[Path]], list[Path]]
-) -> None:
-    _, read = loaded_files
-    monkeypatch.setenv(PARSING_DAG_ID, "loader_shared")
-    dags = load_dags(__file__, str(spec_folder))
-    assert list(dags) == ["loader_shared"]
-    assert sorted(read) == sorted(spec_folder / name for name in DUPLICATES), "still neither copy wins"
-    assert dags["loader_shared"].task_ids == ["invalid_spec"]
+    assert list(dags) == [dag_id]
+    assert INVALID_TAG in dags[dag_id].tags
+    assert dags[dag_id].task_ids == ["invalid_spec"]
+    assert sorted(read) == [spec_folder / name for name in files]
 
 
 def test_parsing_context_for_an_id_no_file_claims_loads_everything(
