@@ -76,100 +76,75 @@ ASPECT_RATIOS: tuple[str, ...] = ("1:1", "3:4", "4:3", "9:16", "16:9")
 RESOLUTIONS: tuple[str, ...] = ("0.5MP", "1MP", "2MP", "4MP")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpg", "png", "webp")
 
+
+# The kinds of parameter in the table: each row below names its kind and says only what sets it apart.
+
+
+def _choice(
+    name: str, description: str, choices: tuple[str, ...], *, default: str, example: str, note: str = ""
+) -> FluxParam:
+    return FluxParam(name, "string", description, default, choices=choices, examples=(example,), note=note)
+
+
+def _url(name: str, description: str, *, example: str) -> FluxParam:
+    return FluxParam(name, "string", description, url=True, examples=(example,))
+
+
+def _number(
+    name: str, description: str, minimum: str, maximum: str, *, step: str, default: float, example: float
+) -> FluxParam:
+    return FluxParam(name, "number", description, default, minimum, maximum, step, examples=(example,))
+
+
+def _whole(
+    name: str,
+    description: str,
+    minimum: str | None = None,
+    maximum: str | None = None,
+    *,
+    default: int | None = None,
+    example: int,
+) -> FluxParam:
+    """An integer from minimum to maximum, or any integer when there is no range."""
+    step = None if minimum is None else "1"
+    return FluxParam(name, "integer", description, default, minimum, maximum, step, examples=(example,))
+
+
+def _flag(name: str, description: str) -> FluxParam:
+    """A boolean that is off unless asked for."""
+    return FluxParam(name, "boolean", description, default=False, examples=(False,))
+
+
 FLUX_PARAMS: tuple[FluxParam, ...] = (
-    FluxParam(
-        "resolution",
-        "string",
-        "Output size in megapixels.",
-        default="2MP",
-        choices=RESOLUTIONS,
-        examples=("1MP",),
-    ),
-    FluxParam(
+    _choice("resolution", "Output size in megapixels.", RESOLUTIONS, default="2MP", example="1MP"),
+    _choice(
         "aspect_ratio",
-        "string",
         "Width to height ratio of the output image.",
+        ASPECT_RATIOS,
         default="1:1",
-        choices=ASPECT_RATIOS,
-        examples=("16:9",),
+        example="16:9",
         note="Not in the seed's parameter table; its capability table lists the five ratios. "
         "The API documents no default: flexflow sends 1:1 when none is given.",
     ),
-    FluxParam(
-        "image_prompt",
-        "string",
-        "Reference image (URL) to edit or follow.",
-        url=True,
-        examples=("https://example.com/reference.jpg",),
-    ),
-    FluxParam(
+    _url("image_prompt", "Reference image (URL) to edit or follow.", example="https://example.com/reference.jpg"),
+    _number(
         "image_prompt_strength",
-        "number",
         "How closely to follow the reference image (0-1).",
-        default=0.5,
-        minimum="0",
-        maximum="1",
+        "0",
+        "1",
         step="0.05",
-        examples=(0.35,),
+        default=0.5,
+        example=0.35,
     ),
-    FluxParam(
-        "steps",
-        "integer",
-        "Sampling steps.",
-        default=28,
-        minimum="1",
-        maximum="50",
-        step="1",
-        examples=(28,),
+    _whole("steps", "Sampling steps.", "1", "50", default=28, example=28),
+    _number("guidance", "How strictly to follow the prompt.", "1.5", "10", step="0.1", default=3, example=3.5),
+    _choice(
+        "output_format", "File format of the output (jpg, not jpeg).", OUTPUT_FORMATS, default="jpg", example="png"
     ),
-    FluxParam(
-        "guidance",
-        "number",
-        "How strictly to follow the prompt.",
-        default=3,
-        minimum="1.5",
-        maximum="10",
-        step="0.1",
-        examples=(3.5,),
-    ),
-    FluxParam(
-        "output_format",
-        "string",
-        "File format of the output (jpg, not jpeg).",
-        default="jpg",
-        choices=OUTPUT_FORMATS,
-        examples=("png",),
-    ),
-    FluxParam(
-        "output_quality",
-        "integer",
-        "Quality of lossy formats.",
-        default=90,
-        minimum="0",
-        maximum="100",
-        step="1",
-        examples=(90,),
-    ),
-    FluxParam(
-        "prompt_upsampling",
-        "boolean",
-        "Let the model rewrite your prompt for better quality.",
-        default=False,
-        examples=(False,),
-    ),
-    FluxParam(
-        "go_fast",
-        "boolean",
-        "Faster generation at lower quality.",
-        default=False,
-        examples=(False,),
-    ),
-    FluxParam(
-        "seed",
-        "integer",
-        "Reuse a number to reproduce the same result.",
-        examples=(42,),
-    ),
+    _whole("output_quality", "Quality of lossy formats.", "0", "100", default=90, example=90),
+    _flag("prompt_upsampling", "Let the model rewrite your prompt for better quality."),
+    _flag("go_fast", "Faster generation at lower quality."),
+    _whole("seed", "Reuse a number to reproduce the same result.", example=42),
 )
 
 PARAMS_BY_NAME: dict[str, FluxParam] = {p.name: p for p in FLUX_PARAMS}
