@@ -12,6 +12,7 @@ import pytest
 
 from flexflow.client import (
     ApiConnectionError,
+    ApiStatusError,
     ApiTimeout,
     AsyncFluxClient,
     AuthenticationFailed,
@@ -25,7 +26,8 @@ from flexflow.client import (
     UnexpectedResponse,
     ValidationFailed,
 )
-from flexflow.client._calls import ApiCalls
+from flexflow.client._calls import ApiCalls, error_for
+from flexflow.client.errors import STATUS_ERRORS
 from flexflow.contract.wire import JobStatus
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
 from tests.conftest import fast_retry, flux_request
@@ -246,6 +248,13 @@ def test_501_is_not_retried() -> None:
     with client, pytest.raises(ServerError) as caught:
         client.get_job("j")
     assert not caught.value.retryable and calls == ["GET"]
+
+
+@pytest.mark.parametrize("status", [*STATUS_ERRORS, 418])
+def test_each_status_maps_to_the_class_that_names_it(status: int) -> None:
+    error = error_for(httpx2.Response(status, json={"error": "no"}))
+    assert type(error) is STATUS_ERRORS.get(status, ApiStatusError)
+    assert isinstance(error, ApiStatusError) and error.status_code == status
 
 
 def test_the_api_key_never_leaks(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:

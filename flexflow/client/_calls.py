@@ -195,12 +195,6 @@ def error_for(response: httpx2.Response) -> errors.ApiError | None:
         return errors.RateLimited(text, retry_after=retry_after, request_id=request_id)
     if status >= 500:
         return errors.ServerError(text, status_code=status, request_id=request_id)
-    simple = {
-        401: errors.AuthenticationFailed,
-        403: errors.PermissionDenied,
-        404: errors.JobNotFound,
-        409: errors.IdempotencyConflict,
-    }
-    if status in simple:
-        return simple[status](text, request_id=request_id)
+    if status in errors.STATUS_ERRORS:
+        return errors.STATUS_ERRORS[status](text, request_id=request_id)
     return errors.ApiStatusError(text, status_code=status, request_id=request_id)

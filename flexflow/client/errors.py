@@ -23,8 +23,12 @@ No message, repr or attribute holds the API key: errors are built from statuses,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flexflow.errors import FlexflowError
+
+#: The error class of each status that has one of its own (5xx: :class:`ServerError`).
+STATUS_ERRORS: dict[int, type[ApiStatusError]] = {}
 
 
 class ApiError(FlexflowError):
@@ -43,10 +47,20 @@ class ApiError(FlexflowError):
 
 
 class ApiStatusError(ApiError):
-    """The API answered with an error status."""
+    """The API answered with an error status.
+
+    A subclass for one status names it in its class line, ``class JobNotFound(ApiStatusError, status=404)``:
+    that sets its ``status_code`` and files it in :data:`STATUS_ERRORS`, where the client looks it up.
+    """
 
     status_code: int = 0
     advice = "See the API's error text above."
+
+    def __init_subclass__(cls, status: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status_code = status
+            STATUS_ERRORS[status] = cls
 
     def __init__(self, error: str, *, status_code: int | None = None, request_id: str | None = None) -> None:
         if status_code is not None:
@@ -56,8 +70,7 @@ class ApiStatusError(ApiError):
         super().__init__(f"{summary}. {self.advice}", request_id=request_id, summary=summary)
 
 
-class ValidationFailed(ApiStatusError):
-    status_code = 400
+class ValidationFailed(ApiStatusError, status=400):
     advice = "Fix the request; sending it again will not help."
 
     def __init__(
@@ -69,14 +82,11 @@ class ValidationFailed(ApiStatusError):
         super().__init__(error, request_id=request_id)
 
 
-class AuthenticationFailed(ApiStatusError):
-    status_code = 401
+class AuthenticationFailed(ApiStatusError, status=401):
     advice = "Check the API key in the Airflow connection (its password field)."
 
 
-class InsufficientCredits(ApiStatusError):
-    status_code = 402
-
+class InsufficientCredits(ApiStatusError, status=402):
     def __init__(
         self,
         error: str,
@@ -94,26 +104,22 @@ class InsufficientCredits(ApiStatusError):
         super().__init__(error, request_id=request_id)
 
 
-class PermissionDenied(ApiStatusError):
-    status_code = 403
+class PermissionDenied(ApiStatusError, status=403):
     advice = "The API key is inactive or lacks permission: activate it or use another key."
 
 
-class JobNotFound(ApiStatusError):
-    status_code = 404
+class JobNotFound(ApiStatusError, status=404):
     advice = "The job id is unknown to this account (or the job was purged); check the id and the key."
 
 
-class IdempotencyConflict(ApiStatusError):
-    status_code = 409
+class IdempotencyConflict(ApiStatusError, status=409):
     advice = (
         "An earlier request used the same Idempotency-Key with another body. "
         "This is a bug in the caller: one key must always carry the same request."
     )
 
 
-class RateLimited(ApiStatusError):
-    status_code = 429
+class RateLimited(ApiStatusError, status=429):
     retryable = True
     advice = "Retried after the Retry-After wait until attempts ran out; lower the concurrency or try later."
 
