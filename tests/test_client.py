@@ -257,6 +257,14 @@ def test_each_status_maps_to_the_class_that_names_it(status: int) -> None:
     assert isinstance(error, ApiStatusError) and error.status_code == status
 
 
+async def test_both_clients_show_their_class_and_base_url() -> None:
+    with FluxClient("http://api.test/", "afk_k") as blocking:
+        async with AsyncFluxClient("http://api.test/", "afk_k") as awaiting:
+            assert repr(blocking) == "FluxClient(base_url='http://api.test')"
+            assert repr(awaiting) == "AsyncFluxClient(base_url='http://api.test')"
+            assert blocking.base_url == awaiting.base_url == "http://api.test"
+
+
 def test_the_api_key_never_leaks(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
     secret = "afk_live_0123456789abcdef_do_not_print"
     emulator.config.update({"api_keys": [secret]})
