@@ -13,7 +13,8 @@ What runs
       does) and drive ``async for event in trigger.run()`` for all of them as tasks on ONE asyncio
       loop, then ``await trigger.cleanup()``, the way Airflow's TriggerRunner does (it also yields
       to the loop after creating each trigger). All triggers share one AsyncFluxClient through
-      ``SharedClients``, as shipped (``--pool-limit`` swaps in a bounded pool, as a what-if).
+      ``flexflow.airflow.hooks.shared_clients`` (each trigger waits through ``FluxHook.await_job``),
+      as shipped (``--pool-limit`` swaps in a bounded pool, as a what-if).
     * ``sensors M`` (``--sensor-jobs``): the same waits done the pre-deferrable way. A poke-mode
       sensor holds a worker slot while it waits; this is emulated with M threads, each running
       ``FluxJobSensor(job_id=..., deferrable=False, mode="poke", poke_interval=5)``'s poke loop:
@@ -45,7 +46,10 @@ What is measured (worker process)
     polls per job     max and mean of the emulator's ``polls_per_job``.
     latency           when the trigger yielded its event (or poke() returned done) minus when the
                       job completed: its ``completedAt`` (= createdAt + queue + processing, stamped
-                      by the emulator on the same clock), p50/p99/max.
+                      by the emulator on the same clock), p50/p99/max. The event (a stored
+                      ``JobOutcome``: status, images, cost) carries no times, so the jobs'
+                      ``createdAt``/``completedAt`` are read from the emulator's job list after the
+                      waits, outside the measured window (listing counts no polls).
     emulator CPU      utime+stime of the emulator process (/proc/PID/stat) per 0.5 s window:
                       near 100 % of a core means the emulator, not the triggers, set the pace.
 
@@ -338,16 +342,34 @@ class Waiter:
     error: str | None = None
 
 
-def latency_stats(waiters: Sequence[Waiter]) -> dict[str, Any]:
+def job_times(url: str) -> dict[str, tuple[float | None, float | None]]:
+    """(createdAt, completedAt) of every job the emulator holds (it is reset before each measurement).
+
+    Read through the job list, which counts no polls, so the emulator's polls per job stay the waiters' own.
+    """
+    from flexflow.client import FluxClient
+
+    times: dict[str, tuple[float | None, float | None]] = {}
+    cursor: str | None = None
+    with FluxClient(url, API_KEY) as client:
+        while True:
+            page = client.list_jobs(limit=100, cursor=cursor)
+            for job in page["jobs"]:
+                times[job["id"]] = (epoch(job.get("createdAt")), epoch(job.get("completedAt")))
+            cursor = page.get("nextCursor")
+            if not page.get("hasMore") or not cursor:
+                return times
+
+
+def latency_stats(waiters: Sequence[Waiter], times: dict[str, tuple[float | None, float | None]]) -> dict[str, Any]:
+    """Latency and start gaps from the jobs' times; statuses from the events (stored ``JobOutcome`` dicts)."""
     latencies: list[float] = []
     gaps: list[float] = []
     statuses: dict[str, int] = {}
     for w in waiters:
-        job = (w.payload or {}).get("job") or w.payload or {}
-        status = str((w.payload or {}).get("status") or job.get("status") or "none")
+        status = str((w.payload or {}).get("status") or "none")
         statuses[status] = statuses.get(status, 0) + 1
-        completed = epoch(job.get("completed_at"))
-        created = epoch(job.get("created_at"))
+        created, completed = times.get(w.job_id, (None, None))
         if w.event_at is not None and completed is not None:
             latencies.append(w.event_at - completed)
         if created is not None:
@@ -520,7 +542,8 @@ def top_allocations(snapshot: tracemalloc.Snapshot, limit: int = 15) -> list[dic
 
 
 async def triggers_run(config: dict[str, Any]) -> dict[str, Any]:
-    from flexflow.airflow.triggers import FluxJobTrigger, shared_clients
+    from flexflow.airflow.hooks import shared_clients
+    from flexflow.airflow.triggers import FluxJobTrigger
 
     n, url = config["n"], config["url"]
     submitter = Submitter(url, n, "triggers")
@@ -603,7 +626,7 @@ async def triggers_run(config: dict[str, Any]) -> dict[str, Any]:
         "top_allocations": allocations,
         "job_ids": [w.job_id for w in waiters],
     }
-    result.update(latency_stats(waiters))
+    result.update(latency_stats(waiters, job_times(url)))
     result.update(cpu_stats(samples))
     _include_readings(result, [p for p in (early, steady) if p is not None], rss_before)
     return result
@@ -628,7 +651,7 @@ def poke_loop(sensor: FluxJobSensor, waiter: Waiter) -> None:
             if result.is_done:
                 waiter.event_at = time.time()
                 waiter.events = 1
-                waiter.payload = {"status": "COMPLETED", "job": result.xcom_value}
+                waiter.payload = result.xcom_value  # the stored JobOutcome, as the trigger's event
                 return
             time.sleep(sensor.poke_interval)
     except Exception as exc:
@@ -701,7 +724,7 @@ def sensors_run(config: dict[str, Any]) -> dict[str, Any]:
         "threads_still_waiting": sum(1 for t in threads if t.is_alive()),
         "job_ids": [w.job_id for w in waiters],
     }
-    result.update(latency_stats(waiters))
+    result.update(latency_stats(waiters, job_times(url)))
     result.update(cpu_stats(samples))
     _include_readings(result, [p for p in (early, steady) if p is not None], rss_before)
     return result
@@ -710,23 +733,20 @@ def sensors_run(config: dict[str, Any]) -> dict[str, Any]:
 def bound_shared_pool(limit: int) -> None:
     """What-if (--pool-limit): the triggers' shared client with a bounded connection pool.
 
-    Replaces FluxHook.async_client in this worker process only; flexflow itself is unchanged.
+    Replaces FluxHook.open_async_client (what ``shared_clients`` opens a connection's client with) in
+    this worker process only; flexflow itself is unchanged.
     """
     import httpx2
 
-    from flexflow.airflow.hooks import ApiSettings, FluxHook
+    from flexflow.airflow.hooks import FluxHook
     from flexflow.client import AsyncFluxClient
 
-    def async_client(settings: ApiSettings) -> AsyncFluxClient:
-        return AsyncFluxClient(
-            settings.base_url,
-            settings.api_key,
-            timeout=settings.request_timeout,
-            retry=settings.retry_policy(),
-            limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit, keepalive_expiry=30.0),
-        )
+    async def open_async_client(conn_id: str) -> AsyncFluxClient:
+        settings = await FluxHook(conn_id).asettings()
+        limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit, keepalive_expiry=30.0)
+        return AsyncFluxClient(settings.base_url, settings.api_key, **settings.client_options(), limits=limits)
 
-    FluxHook.async_client = staticmethod(async_client)  # type: ignore[method-assign]
+    FluxHook.open_async_client = staticmethod(open_async_client)  # type: ignore[method-assign]
 
 
 def worker_main(config_path: str) -> int:
