@@ -1,7 +1,7 @@
 """A load run in a real deployment: 200 images across 20 specs, triggered together through the REST API.
 
 What runs
-    One deployment from ``flexflow.deploy.harness`` (``--config local``: LocalExecutor on SQLite;
+    One deployment from ``tests.deployment.harness`` (``--config local``: LocalExecutor on SQLite;
     ``--config celery``: CeleryExecutor, PostgreSQL, Redis, ``--workers`` Celery workers), every
     Airflow service a separate process on loopback, the emulator as the API (jobs QUEUED
     ``--queue-seconds``, then PROCESSING ``--job-seconds``). Its specs folder holds ``--specs``
@@ -53,9 +53,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import stage, text_table
+from common import ROOT, stage, text_table
 
-from flexflow.deploy.harness import Deployment, billing_problems, services_available, wait_until
+sys.path.insert(0, str(ROOT))  # the harness lives in the tests package, which is not installed
+
+from tests.deployment.harness.billing import billing_problems
+from tests.deployment.harness.databases import services_available
+from tests.deployment.harness.deployment import Deployment
+from tests.deployment.harness.measure import rss_bytes, slot_seconds
+from tests.deployment.harness.waiting import wait_until
 
 RUN_TIMEOUT = 3600.0  # seconds for the slowest run of a phase: the benchmark always ends
 
@@ -117,7 +123,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self.rss.append(self.deployment.rss_bytes("triggerer"))
+            self.rss.append(rss_bytes(self.deployment.service("triggerer")))
             listed = self.deployment.api.call("GET", "/dags/~/dagRuns/~/taskInstances", state="deferred", limit=1)
             self.deferred.append(int(listed["total_entries"]))
 
@@ -134,7 +140,7 @@ class Sampler:
 def run_phase(deployment: Deployment, name: str, dag_ids: Sequence[str], images_per_spec: int) -> Phase:
     assert deployment.emulator is not None
     deployment.emulator.reset()
-    idle_rss = deployment.rss_bytes("triggerer")
+    idle_rss = rss_bytes(deployment.service("triggerer"))
     sampler = Sampler(deployment)
     with stage(f"{name}: {len(dag_ids)} spec(s), {len(dag_ids) * images_per_spec} images"), sampler.running():
         started = time.monotonic()
@@ -152,7 +158,7 @@ def run_phase(deployment: Deployment, name: str, dag_ids: Sequence[str], images_
     if problems := billing_problems(accounting, images):
         raise SystemExit(f"{name}: not exactly one billed job per image ({images}): {'; '.join(problems)}")
     tis = [ti for dag_id, run_id in runs.items() for ti in deployment.api.task_instances(dag_id, run_id)]
-    by_kind = deployment.slot_seconds(tis)
+    by_kind = slot_seconds(deployment.services, tis)
     polls = list(accounting["polls_per_job"].values())
     return Phase(
         name=name,

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from flexflow.deploy.harness import Deployment, ServicesUnavailable, services_available
+from tests.deployment.harness.databases import ServicesUnavailable, services_available
+from tests.deployment.harness.deployment import Deployment
 from tests.deployment.helpers import (
     BROKEN_SPECS,
     MEASURED,

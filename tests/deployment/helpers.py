@@ -18,8 +18,11 @@ import jinja2
 from PIL import Image
 
 from flexflow.contract import output_size
-from flexflow.deploy.harness import Deployment, billing_problems, wait_until
 from flexflow.spec import Spec, load_spec
+from tests.deployment.harness.billing import billing_problems
+from tests.deployment.harness.deployment import Deployment
+from tests.deployment.harness.measure import task_processes
+from tests.deployment.harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,7 +150,7 @@ def assert_waits_hold_no_slot(deployment: Deployment, dag_id: str, run_id: str, 
     """All ``count`` waits deferred, and neither the pool nor an executor slot nor a process is held for them."""
     before = deployment.api.task_instances(dag_id, run_id)
     pool = deployment.api.pool("default_pool")
-    processes = deployment.task_processes()
+    processes = task_processes(deployment.executor_services())
     after = deployment.api.task_instances(dag_id, run_id)
     for snapshot in (before, after):
         assert [ti["state"] for ti in waits(snapshot)] == ["deferred"] * count

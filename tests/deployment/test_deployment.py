@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from flexflow.deploy.harness import TERMINAL_RUN_STATES, Deployment, wait_until
+from tests.deployment.harness.deployment import Deployment
+from tests.deployment.harness.measure import rss_bytes, slot_seconds
+from tests.deployment.harness.rest import TERMINAL_RUN_STATES
+from tests.deployment.harness.waiting import wait_until
 from tests.deployment.helpers import (
     BROKEN_PROBLEM,
     BROKEN_SPECS,
@@ -99,13 +102,13 @@ def test_killing_the_triggerer_while_twenty_jobs_wait_resubmits_nothing(deployme
     # with the LocalExecutor, 31 s with Celery on 2 cores); a job that ends sooner fails the test.
     emulator.configure(processing_seconds=60.0)
     dag_id = "deploy_twenty"
-    idle_rss = deployment.rss_bytes("triggerer")
+    idle_rss = rss_bytes(deployment.service("triggerer"))
     started = time.monotonic()
     run_id = trigger(deployment, dag_id)
     wait_until_deferred(deployment, dag_id, run_id, 20, timeout=150)
     all_deferred = time.monotonic() - started
     slots = assert_waits_hold_no_slot(deployment, dag_id, run_id, 20)
-    triggerer_rss = deployment.rss_bytes("triggerer")
+    triggerer_rss = rss_bytes(deployment.service("triggerer"))
 
     deployment.kill("triggerer")  # SIGKILL: no chance to hand its triggers over
     killed = deployment.api.task_states(dag_id, run_id)
@@ -127,7 +130,7 @@ def test_killing_the_triggerer_while_twenty_jobs_wait_resubmits_nothing(deployme
         "triggerer_rss_mb": {"idle": round(idle_rss / 2**20, 1), "20_triggers": round(triggerer_rss / 2**20, 1)},
         "triggerer_processes": 1 + len(deployment.service("triggerer").process_tree()),
         "polls_per_job": {"min": polls[0], "max": polls[-1], "mean": round(sum(polls) / len(polls), 1)},
-        "slot_seconds_per_kind": deployment.slot_seconds(tis),
+        "slot_seconds_per_kind": slot_seconds(deployment.services, tis),
         "wait_task_seconds": round(sum(ti["duration"] or 0 for ti in waits(tis)), 1),
     }
 
@@ -188,7 +191,7 @@ def test_killing_a_celery_worker_mid_submit_reconnects_to_the_same_job(deploymen
     worker = deployment.service_of(submit["pid"]) if submit["pid"] else None
     assert worker is not None and worker.name.startswith("worker-"), f"no worker runs pid {submit['pid']}"
     killed_at = time.monotonic()
-    deployment.kill(worker.name.split("#")[0])
+    deployment.kill(worker.role)
     deployment.start_worker()
 
     assert finish(deployment, dag_id, run_id, timeout=240) == "success", deployment.api.task_states(dag_id, run_id)

@@ -10,15 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flexflow.deploy.harness import (
-    MARKER,
-    Service,
-    billing_problems,
-    free_port,
-    marked_processes,
-    services_available,
-    wait_until,
-)
+from tests.conftest import ROOT
+from tests.deployment.harness.billing import billing_problems
+from tests.deployment.harness.databases import services_available
+from tests.deployment.harness.processes import MARKER, Service, free_port, marked_processes
+from tests.deployment.harness.waiting import wait_until
 
 pytestmark = pytest.mark.deployment
 
@@ -77,7 +73,11 @@ def test_unreachable_services_are_named() -> None:
 
 def test_the_command_describes_itself() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flexflow.deploy.harness", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "tests.deployment.harness", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "up" in result.stdout and "down" in result.stdout

@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("playwright.sync_api", reason="the browser tests need flexflow's 'deploy' extra (playwright)")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from flexflow.deploy.harness import Deployment
+from tests.deployment.harness.deployment import Deployment
 from tests.deployment.helpers import BROKEN_PROBLEM, ROOT, finish, spec_file, trigger
 
 pytestmark = [pytest.mark.deployment, pytest.mark.parametrize("deployment", ["local"], indirect=True)]

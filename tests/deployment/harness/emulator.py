@@ -1,0 +1,38 @@
+"""The emulator's control routes (``/_emulator``), over the same standard-library HTTP as the REST client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tests.deployment.harness.rest import http_request, json_payload
+
+
+@dataclass
+class EmulatorControl:
+    """The emulator's ``/_emulator`` routes: accounting, faults, settings."""
+
+    url: str
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        return json_payload(http_request(method, self.url + path, body)[1])
+
+    def accounting(self) -> dict[str, Any]:
+        return self._call("GET", "/_emulator/accounting")
+
+    def add_faults(self, *rules: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/_emulator/faults", {"rules": list(rules)})
+
+    def clear_faults(self) -> dict[str, Any]:
+        return self._call("DELETE", "/_emulator/faults")
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change settings (``queue_seconds``, ``processing_seconds``, ...) for jobs created from now on."""
+        return self._call("PATCH", "/_emulator/config", changes)
+
+    def reset(self) -> None:
+        """Forget every job, idempotency record and fault: accounting starts from zero."""
+        self._call("POST", "/_emulator/reset")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/_emulator/jobs/{job_id}")
