@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flexflow.compiler.loader import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
+from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import Spec, SpecError, load_spec

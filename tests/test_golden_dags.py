@@ -28,8 +28,8 @@ from airflow.sdk.definitions.xcom_arg import XComArg
 
 from flexflow.cli import main as flexflow_main
 from flexflow.compiler.dag import compile_spec
+from flexflow.compiler.dag_file import SPECS_DIR_ENV
 from flexflow.compiler.layout import task_layout
-from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.spec import load_spec
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module

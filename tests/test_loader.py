@@ -18,7 +18,8 @@ from airflow.sdk.exceptions import AirflowFailException
 import flexflow.compiler.loader as loader_module
 import flexflow.spec.folder as spec_loader
 from flexflow.compiler.dag import FLEXFLOW_TAG, INVALID_TAG
-from flexflow.compiler.loader import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source, load_dags, specs_path
+from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
+from flexflow.compiler.loader import load_dags, specs_path
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module
 from tests.conftest import ROOT

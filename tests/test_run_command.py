@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flexflow.compiler.loader import DAG_FILE_NAME, dag_file_source
+from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
 from flexflow.spec import load_spec
 from tests.conftest import ROOT
 

@@ -8,7 +8,6 @@ in a fresh process, so an in-memory cache would not survive).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -16,31 +15,9 @@ from pathlib import Path
 from airflow.sdk import DAG, get_parsing_context
 
 from flexflow.compiler.dag import compile_broken, compile_spec
+from flexflow.compiler.dag_file import SPECS_DIR_ENV
 from flexflow.spec.cache import SpecCache
 from flexflow.spec.folder import claimed_dag_id, find_spec_files, load_folder
-
-SPECS_DIR_ENV = "FLEXFLOW_SPECS_DIR"
-DAG_FILE_NAME = "flexflow_dags.py"
-
-
-def dag_file_source(specs: str, connection_id: str | None = None) -> str:
-    """The text of a DAG file that compiles the specs at ``specs`` (relative to the file, or absolute).
-
-    One stub for every place a DAG file is needed: ``dags/flexflow_dags.py``, the bundle ``flexflow run``
-    writes and the deployment harness's bundle. ``FLEXFLOW_SPECS_DIR`` overrides ``specs`` when set;
-    ``connection_id`` replaces the specs' own Airflow connection (``flexflow run --connection``).
-    """
-    # JSON string literals are Python string literals, double-quoted as ruff formats the file.
-    arguments = f"__file__, {json.dumps(specs)}" + (
-        f", connection_id={json.dumps(connection_id)}" if connection_id else ""
-    )
-    return (
-        '"""flexflow\'s DAG file: every spec under FLEXFLOW_SPECS_DIR (default: the path below, relative to\n'
-        'this file) becomes an Airflow DAG. Copy this file into a DAG bundle to deploy flexflow."""\n\n'
-        "from flexflow.compiler.loader import load_dags\n\n"
-        '# "airflow" and "dag" in this file tell Airflow\'s safe-mode scan that it defines DAGs.\n'
-        f"globals().update(load_dags({arguments}))\n"
-    )
 
 
 def specs_path(dag_file: str | Path, specs: str) -> Path:

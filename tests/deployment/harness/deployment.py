@@ -27,6 +27,7 @@ from typing import Any, Literal, Self
 
 import psutil
 
+from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
 from flexflow.emulator.server import announced_url
 from tests.deployment.harness.databases import (
     ServicesUnavailable,
@@ -354,9 +355,6 @@ class Deployment:
 
     def _write_bundle(self) -> None:
         """The DAG bundle: flexflow's DAG file, loading the specs folder (FLEXFLOW_SPECS_DIR names it too)."""
-        # Imported here: the loader imports Airflow, which only a starting deployment needs.
-        from flexflow.compiler.loader import DAG_FILE_NAME, dag_file_source
-
         (self.dags_folder / DAG_FILE_NAME).write_text(dag_file_source(str(self.specs_dir)))
 
     def _prepare_databases(self) -> None:
