@@ -99,7 +99,7 @@ sys.path.insert(0, str(ROOT))
 from flexflow.compiler.dag import OPERATORS
 from flexflow.compiler.layout import FromTask, FromVariant, Layout, PlannedGroup, PlannedTask, task_layout
 from flexflow.spec.folder import load_folder
-from flexflow.spec.model import Spec, thawed
+from flexflow.spec.model import Spec
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -206,30 +206,6 @@ def _call(indent: str, head: str, arguments: Mapping[str, str]) -> str:
     return "\n".join(lines) + f"\n{indent})"
 
 
-def doc_md(spec: Spec) -> str:
-    """The DAG's doc, as flexflow writes it (a difference is reported, not fatal)."""
-    return (
-        f"# {spec.dag_id}\n\n{spec.description or ''}\n\n"
-        f"Compiled by flexflow from `{spec.path}`: {len(spec.images)} image(s), {spec.job_count} job(s) per run, "
-        f"{spec.megapixels:g} MP. Publishes to `{spec.publish.to}`; Asset `{spec.publish.asset}`.\n\n"
-        f"```yaml\n{spec.source.rstrip()}\n```\n"
-    )
-
-
-def _dag_kwargs(spec: Spec) -> dict[str, Any]:
-    return {
-        "dag_id": spec.dag_id,
-        "description": spec.description,
-        "doc_md": doc_md(spec),
-        "schedule": spec.schedule,
-        "start_date": spec.start_date,
-        "catchup": spec.catchup,
-        "tags": [*spec.tags, "flexflow"],
-        "params": thawed(spec.params),
-        "default_args": {"owner": spec.owner},
-    }
-
-
 def _identifier(task_id: str) -> str:
     """The Python variable of a task: ``hero.submit`` -> ``hero_submit``."""
     return re.sub(r"\W", "_", task_id)
@@ -301,7 +277,7 @@ def handwritten_source(specs: Sequence[Spec], plans: Sequence[Layout]) -> str:
         "",
     ]
     for number, (spec, plan) in enumerate(zip(specs, plans, strict=True)):
-        dag = {key: _py(value) for key, value in _dag_kwargs(spec).items()}
+        dag = {key: _py(value) for key, value in task_layout(spec).dag_arguments.items()}
         out += ["", _call("", "with DAG", dag) + f" as dag_{number:04d}:"]
         variables: dict[str, str] = {}
         for group in plan.groups:
@@ -406,7 +382,7 @@ def factory_config(spec: Spec, plan: Layout) -> dict[str, Any]:
     ``TaskGroup``s, and it has no ``expand_kwargs``): its tasks are mapped one by one (``partial`` /
     ``expand``) over one argument each, the others templated per ``ti.map_index``.
     """
-    dag = _dag_kwargs(spec)
+    dag = task_layout(spec).dag_arguments
     config: dict[str, Any] = {
         "description": dag["description"],
         "doc_md": dag["doc_md"],

@@ -17,8 +17,9 @@ from airflow.sdk.exceptions import AirflowFailException
 
 import flexflow.compiler.loader as loader_module
 import flexflow.spec.folder as spec_loader
-from flexflow.compiler.dag import FLEXFLOW_TAG, INVALID_TAG
+from flexflow.compiler.dag import INVALID_TAG
 from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
+from flexflow.compiler.layout import FLEXFLOW_TAG
 from flexflow.compiler.loader import load_dags, specs_path
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module

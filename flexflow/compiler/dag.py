@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.sensors import FluxJobSensor
 from flexflow.compiler.layout import (
+    FLEXFLOW_TAG,
     VARIANT_FLUX,
     VARIANT_LABEL,
     FromTask,
@@ -21,10 +22,9 @@ from flexflow.compiler.layout import (
     task_layout,
 )
 from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
-from flexflow.spec.model import Spec, thawed
+from flexflow.spec.model import Spec
 from flexflow.spec.problems import SpecProblem
 
-FLEXFLOW_TAG = "flexflow"
 INVALID_TAG = "invalid"
 OPERATORS: dict[str, type[BaseOperator]] = {
     cls.__name__: cls for cls in (FluxFlexOperator, FluxJobSensor, PublishImageOperator, FinalizeRunOperator)
@@ -34,17 +34,7 @@ OPERATORS: dict[str, type[BaseOperator]] = {
 def compile_spec(spec: Spec) -> DAG:
     """The DAG of a spec: an interpretation of its ``task_layout`` (what ``plan`` shows), nothing more."""
     layout = task_layout(spec)
-    with DAG(
-        dag_id=spec.dag_id,
-        description=spec.description,
-        doc_md=_doc(spec),
-        schedule=spec.schedule,
-        start_date=spec.start_date,
-        catchup=spec.catchup,
-        tags=[*spec.tags, FLEXFLOW_TAG],
-        params=thawed(spec.params),
-        default_args={"owner": spec.owner},
-    ) as dag:
+    with DAG(**layout.dag_arguments) as dag:
         built = {task.task_id: task for group in layout.groups for task in _group(group)}
         finalize = _operator(layout.finalize, built, {})
         finalize.set_upstream([built[task_id] for task_id in layout.finalize.upstream])
@@ -84,16 +74,6 @@ def _argument(value: Any, built: Mapping[str, BaseOperator], variant: Mapping[st
     if isinstance(value, FromVariant):
         return variant[value.field]
     return value
-
-
-def _doc(spec: Spec) -> str:
-    jobs = spec.job_count
-    return (
-        f"# {spec.dag_id}\n\n{spec.description or ''}\n\n"
-        f"Compiled by flexflow from `{spec.path}`: {len(spec.images)} image(s), {jobs} job(s) per run, "
-        f"{spec.megapixels:g} MP. Publishes to `{spec.publish.to}`; Asset `{spec.publish.asset}`.\n\n"
-        f"```yaml\n{spec.source.rstrip()}\n```\n"
-    )
 
 
 class InvalidSpecOperator(BaseOperator):

@@ -17,6 +17,8 @@ from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.spec.model import ImageSpec, Spec, thawed
 
 SUBMIT, WAIT, PUBLISH, FINALIZE = "submit", "wait", "publish", "finalize"
+#: Every DAG flexflow compiles carries this tag.
+FLEXFLOW_TAG = "flexflow"
 #: The fields of a variant record, the arguments of a mapped image group.
 VARIANT_LABEL, VARIANT_FLUX = "variant", "flux_overrides"
 
@@ -61,6 +63,7 @@ class PlannedGroup:
 
 @dataclass(frozen=True)
 class Layout:
+    dag_arguments: Mapping[str, Any]  # of Airflow's DAG(...)
     groups: tuple[PlannedGroup, ...]
     finalize: PlannedTask
 
@@ -88,7 +91,30 @@ def task_layout(spec: Spec) -> Layout:
         None,
         None,
     )
-    return Layout(groups, finalize)
+    return Layout(_dag_arguments(spec), groups, finalize)
+
+
+def _dag_arguments(spec: Spec) -> dict[str, Any]:
+    return {
+        "dag_id": spec.dag_id,
+        "description": spec.description,
+        "doc_md": _doc(spec),
+        "schedule": spec.schedule,
+        "start_date": spec.start_date,
+        "catchup": spec.catchup,
+        "tags": [*spec.tags, FLEXFLOW_TAG],
+        "params": thawed(spec.params),
+        "default_args": {"owner": spec.owner},
+    }
+
+
+def _doc(spec: Spec) -> str:
+    return (
+        f"# {spec.dag_id}\n\n{spec.description or ''}\n\n"
+        f"Compiled by flexflow from `{spec.path}`: {len(spec.images)} image(s), {spec.job_count} job(s) per run, "
+        f"{spec.megapixels:g} MP. Publishes to `{spec.publish.to}`; Asset `{spec.publish.asset}`.\n\n"
+        f"```yaml\n{spec.source.rstrip()}\n```\n"
+    )
 
 
 def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
