@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.sensors import FluxJobSensor
+from flexflow.compiler.docs import broken_description, broken_doc
 from flexflow.compiler.layout import (
     FLEXFLOW_TAG,
     VARIANT_FLUX,
@@ -92,14 +93,10 @@ class InvalidSpecOperator(BaseOperator):
 def compile_broken(dag_id: str, problems: Sequence[SpecProblem]) -> DAG:
     """A DAG under the broken spec's id, tagged invalid, whose doc and only task show the problems."""
     listed = [str(p) for p in problems]
-    files = sorted({p.file for p in problems})
     with DAG(
         dag_id=dag_id,
-        description=f"INVALID flexflow spec ({len(listed)} problem(s)): {listed[0]}"[:250],
-        doc_md="# Invalid flexflow spec\n\nFix these problems (`flexflow validate` shows the same):\n\n```\n"
-        + "\n".join(listed)
-        + "\n```\n\nFiles: "
-        + ", ".join(f"`{f}`" for f in files),
+        description=broken_description(problems),
+        doc_md=broken_doc(problems),
         schedule=None,
         tags=[FLEXFLOW_TAG, INVALID_TAG],
     ) as dag:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
+from flexflow.compiler.docs import spec_doc
 from flexflow.spec.model import ImageSpec, Spec, thawed
 
 SUBMIT, WAIT, PUBLISH, FINALIZE = "submit", "wait", "publish", "finalize"
@@ -98,7 +99,7 @@ def _dag_arguments(spec: Spec) -> dict[str, Any]:
     return {
         "dag_id": spec.dag_id,
         "description": spec.description,
-        "doc_md": _doc(spec),
+        "doc_md": spec_doc(spec),
         "schedule": spec.schedule,
         "start_date": spec.start_date,
         "catchup": spec.catchup,
@@ -106,15 +107,6 @@ def _dag_arguments(spec: Spec) -> dict[str, Any]:
         "params": thawed(spec.params),
         "default_args": {"owner": spec.owner},
     }
-
-
-def _doc(spec: Spec) -> str:
-    return (
-        f"# {spec.dag_id}\n\n{spec.description or ''}\n\n"
-        f"Compiled by flexflow from `{spec.path}`: {len(spec.images)} image(s), {spec.job_count} job(s) per run, "
-        f"{spec.megapixels:g} MP. Publishes to `{spec.publish.to}`; Asset `{spec.publish.asset}`.\n\n"
-        f"```yaml\n{spec.source.rstrip()}\n```\n"
-    )
 
 
 def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
