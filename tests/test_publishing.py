@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +26,16 @@ from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
 from flexflow.publishing.download import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.publishing.operators import MANIFEST_NAME
+from flexflow.publishing.paths import (
+    PathRefused,
+    checked_folder,
+    checked_name,
+    checked_param,
+    literal_prefix,
+    substituted,
+    template_params,
+    unique_names,
+)
 from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, rows, task_states, xcom
@@ -45,6 +56,139 @@ def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# -- paths: the rendered target and names stay inside the target (flexflow/publishing/paths.py) ----
+
+TO = "file:///srv/assets/{{ params.campaign }}/{{ ds }}"
+
+
+@pytest.mark.parametrize(
+    ("rendered", "template"),
+    [
+        ("file:///srv/assets/spring/2026-12-07", TO),
+        ("file:///srv/assets/spring/2026-12-07/", TO),
+        ("s3://bucket/assets/spring", "s3://bucket/assets/{{ params.campaign }}"),
+        ("gs://bucket-x/spring", "gs://{{ params.bucket }}/spring"),
+        ("file:///srv/out-ä €", "file:///srv/out-{{ ds }}"),
+    ],
+)
+def test_a_folder_under_its_root_is_accepted(rendered: str, template: str) -> None:
+    assert checked_folder(rendered, template) == rendered.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    ("rendered", "reason"),
+    [
+        ("file:///srv/assets/../../etc/x", "'..' path segment"),
+        ("file:///srv/assets/spring/..", "'..' path segment"),
+        ("file:///srv/assets/./x", "'.' or '..' path segment"),
+        ("file:///srv/assets//x", "empty, '.' or '..' path segment"),
+        ("file:///srv/assets/%2e%2e/x", "'..' path segment"),
+        ("file:///srv/assets/a%2Fb", "path separator in a name"),
+        ("file:///srv/assets/a%5Cb", "path separator in a name"),
+        ("file:///srv/assets/a\\b", "has a backslash"),
+        ("file:///srv/assets/a\x00b", "control character ('\\x00')"),
+        ("file:///srv/assets/a\nb", "control character ('\\n')"),
+        ("file:///srv/assets/a\u2028b", "control character"),
+        ("file:///srv/assets/a%00b", "control character"),
+        ("file:///etc/assets/x", "is not under 'file:///srv/assets/'"),
+        ("file:///srv/assetsX/x", "is not under"),
+        ("s3://srv/assets/x", "is not under"),
+        ("file:///srv/assets/x?y", "query or fragment"),
+        ("file:///srv/assets/x#y", "query or fragment"),
+        ("file:///srv/assets/" + "x" * 256, "a name of 256 bytes is longer than 255 bytes"),
+        ("file:///srv/assets/" + "é" * 128, "a name of 256 bytes"),
+    ],
+)
+def test_a_folder_that_could_leave_its_root_is_refused(rendered: str, reason: str) -> None:
+    with pytest.raises(PathRefused, match=re.escape(reason)):
+        checked_folder(rendered, TO)
+
+
+@pytest.mark.parametrize(
+    ("rendered", "template", "reason"),
+    [
+        ("file://host/srv/x", "file://{{ params.dir }}", "is not a local path"),
+        ("file:////srv/x", "file://{{ params.dir }}", "is not a local path"),
+        ("file://relative/x", "file://{{ params.dir }}", "is not a local path"),
+        ("s3:///x", "s3://{{ params.bucket }}", "(its bucket) has an empty"),
+        ("s3://../x", "s3://{{ params.bucket }}", "(its bucket) has an empty, '.' or '..'"),
+        ("gs://b/x", "s3://{{ params.bucket }}", "is not under 's3://'"),
+    ],
+)
+def test_host_forms_and_scheme_changes_are_refused(rendered: str, template: str, reason: str) -> None:
+    with pytest.raises(PathRefused, match=re.escape(reason)):
+        checked_folder(rendered, template)
+
+
+def test_the_root_is_the_literal_text_before_the_first_template() -> None:
+    assert literal_prefix(TO) == "file:///srv/assets/"
+    assert literal_prefix("s3://b/{% if x %}a{% endif %}") == "s3://b/"
+    assert literal_prefix("file:///srv/{# note #}x") == "file:///srv/"
+    assert literal_prefix("file:///srv/fixed") == "file:///srv/fixed"
+
+
+@pytest.mark.parametrize("name", ["hero.png", "story_seed-1.webp", "ünïcode €.jpg", "a" * 251 + ".png", "x..y.png"])
+def test_a_plain_name_is_one_segment(name: str) -> None:
+    assert checked_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "empty"),
+        (".", "'.'"),
+        ("..", "'..'"),
+        ("a/b.png", "path separator"),
+        ("a\\b.png", "backslash"),
+        ("%2e%2e", "'..'"),
+        ("a\x00.png", "control character"),
+        ("a\n.png", "control character"),
+        ("a\r.png", "control character"),
+        ("a\x1b[31m.png", "control character"),
+        ("a" * 252 + ".png", "a name of 256 bytes is longer than 255 bytes"),
+        ("manifest.json", "is reserved: the run writes that file itself"),
+    ],
+)
+def test_a_name_that_is_not_one_plain_segment_is_refused(name: str, reason: str) -> None:
+    with pytest.raises(PathRefused, match=re.escape(reason)):
+        checked_name(name, reserved=[MANIFEST_NAME])
+
+
+def test_placeholders_are_replaced_literally_once() -> None:
+    values = {"image": "hero", "variant": "_seed-1", "ext": "png"}
+    assert substituted("{image}{variant}.{ext}", values) == "hero_seed-1.png"
+    assert substituted("{image}-{job_id}.{ext}", values) == "hero-{job_id}.png", "an unknown value stays"
+    assert substituted("{image!r}{image:>9}{image.__class__}{image[0]}", values) == (
+        "{image!r}{image:>9}{image.__class__}{image[0]}"
+    ), "no format specs, conversions or attribute access"
+    assert substituted("{image}", {"image": "{ext}", "ext": "png"}) == "{ext}", "a value is not substituted again"
+
+
+def test_two_jobs_never_share_a_name() -> None:
+    unique_names(["a.png", "b.png", "{job_id}.png", "{job_id}.png"])
+    with pytest.raises(PathRefused, match=re.escape("two images of the run would be written to 'a.png'")):
+        unique_names(["a.png", "b.png", "a.png"])
+
+
+@pytest.mark.parametrize("value", ["../../etc", "/abs", "a/b", "..", "a\x00b", "a\nb", "a\\b", "x..y"])
+def test_a_param_value_with_path_syntax_is_refused(value: str) -> None:
+    with pytest.raises(PathRefused, match="param 'campaign'"):
+        checked_param("campaign", value)
+
+
+@pytest.mark.parametrize("value", ["Spring 2027", "spring-2027", 2027, 2.5, "été", "a.b"])
+def test_a_plain_param_value_is_accepted(value: object) -> None:
+    checked_param("campaign", value)
+
+
+def test_the_params_a_template_reads_are_found() -> None:
+    assert template_params(TO, "{image}{{ params['suffix'] }}.{ext}") == {"campaign", "suffix"}
+    assert template_params("file:///srv/{{ ds }}") == frozenset()
+    assert template_params("file:///srv/{{ params | tojson }}") is None, "params read whole: every param counts"
+    assert template_params("file:///srv/{{ params[name] }}") is None
+    assert template_params("file:///srv/{% for p in params %}{{ p }}{% endfor %}") is None
 
 
 # -- download_image over the emulator ------------------------------------------------------------

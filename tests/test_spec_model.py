@@ -204,6 +204,46 @@ def test_variant_labels_are_file_name_safe(values: dict, labels: list[str]) -> N
     assert [v.label for v in spec_model.build_variants(values)] == labels
 
 
+LABEL = re.compile(r"^(_[a-z_]+-[A-Za-z0-9-]+)+$")
+
+
+@pytest.mark.parametrize(
+    ("values", "labels"),
+    [
+        (
+            {"image_prompt": ["https://cdn.example.com/campaign/spring/hero-ref.jpg"]},
+            ["_image_prompt-spring-hero-ref-jpg-003c14ce"],
+        ),
+        ({"seed": [1, 10**40]}, ["_seed-1", "_seed-000000000000000000000000-1c76479a"]),
+        ({"image_prompt": ["https://例え.jp/画像"]}, ["_image_prompt-jp-1adfb0cc"]),
+    ],
+)
+def test_long_or_unusual_values_get_a_readable_prefix_and_a_stable_hash(values: dict, labels: list[str]) -> None:
+    assert [v.label for v in spec_model.build_variants(values)] == labels
+
+
+def test_values_that_sanitize_alike_get_labels_of_their_own() -> None:
+    urls = ["https://a.com/x-y", "https://a.com/x/y", "https://a.com/x_y", "https://a.com/x?y", "https://a.com/x--y"]
+    labels = [v.label for v in spec_model.build_variants({"image_prompt": urls})]
+    assert len(set(labels)) == len(urls)
+    assert all(label.startswith("_image_prompt-a-com-x-y-") for label in labels), labels
+    # Plain labels that would meet ("1:1" and "1x1") are hashed instead, all of them.
+    alike = [v.label for v in spec_model.build_variants({"image_prompt": ["1:1", "1x1"]})]
+    assert alike == ["_image_prompt-1-1-738a397c", "_image_prompt-1x1-c5b9f449"]
+
+
+def test_labels_are_one_bounded_file_name_segment_for_any_value() -> None:
+    hostile = ["../../etc/passwd", "a\x00b\nc", "/abs", "x" * 5000, "{image!r}", "ü" * 300, "", " ", "%2e%2e"]
+    values: dict = {"image_prompt": hostile, "seed": [-1, 0, 2**70]}
+    variants = spec_model.build_variants(values)
+    labels = [v.label for v in variants]
+    assert len(set(labels)) == len(labels) == len(hostile) * 3
+    for label in labels:
+        assert LABEL.fullmatch(label), label
+        assert len(label.encode()) <= 2 * (len("_image_prompt-") + 24 + 1 + 8), label
+    assert dict(variants[0].flux) == {"image_prompt": "../../etc/passwd", "seed": -1}, "values are kept as written"
+
+
 def test_variant_labels_are_unique_in_the_examples() -> None:
     for file in EXAMPLES:
         for each in load_spec(file).images:

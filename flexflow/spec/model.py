@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -109,23 +112,66 @@ class Spec:
 
 
 def build_variants(values: Mapping[str, list[JsonScalar]]) -> tuple[Variant, ...]:
-    """Every combination of the listed values, in the order written; labels like ``_seed-1``."""
+    """Every combination of the listed values, in the order written; labels like ``_seed-1``.
+
+    A label is one file-name-safe segment of ``[A-Za-z0-9_-]``: ``_<key>-<value>`` per key. Value
+    labels hold no ``_`` and are unique per key, so the labels of the combinations are unique too.
+    """
     if not values:
         return (Variant("", frozen({})),)
     keys = list(values)
+    labels = {key: _value_labels(values[key]) for key in keys}
     return tuple(
         Variant(
-            "_" + "_".join(f"{k}-{_label(v)}" for k, v in zip(keys, combo, strict=True)),
-            frozen(dict(zip(keys, combo, strict=True))),
+            "_" + "_".join(f"{k}-{labels[k][index]}" for k, index in zip(keys, combo, strict=True)),
+            frozen({k: values[k][index] for k, index in zip(keys, combo, strict=True)}),
         )
-        for combo in itertools.product(*(values[k] for k in keys))
+        for combo in itertools.product(*(range(len(values[k])) for k in keys))
     )
 
 
-def _label(value: JsonScalar) -> str:
+#: A value written like this keeps its plain label (``16:9`` -> ``16x9``, ``2.5`` -> ``2p5``).
+_SIMPLE_VALUE = re.compile(r"^-?[A-Za-z0-9.:]{1,24}$")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9]+")
+#: The readable part of a long or unusual value's label, before its hash.
+_READABLE_CHARS = 24
+
+
+def _value_labels(values: list[JsonScalar]) -> list[str]:
+    """One label per value: plain when that is safe, else readable text and a hash of the value.
+
+    A plain label has ``-`` at most in front (a negative number), a hashed one before its hash, so
+    the two kinds never meet; should two plain labels meet (``1:1`` and ``1x1``), every value is hashed.
+    """
+    plain = [_plain_label(value) for value in values]
+    named = [label for label in plain if label is not None]
+    if len(set(named)) < len(named):
+        plain = [None] * len(values)
+    for digits in (8, 64):  # two hashes alike in 32 bits: the full hash tells them apart
+        labels = [label or _hashed_label(value, digits) for label, value in zip(plain, values, strict=True)]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
+def _plain_label(value: JsonScalar) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value).replace(":", "x").replace("/", "-").replace(".", "p")
+    text = str(value)
+    if not _SIMPLE_VALUE.match(text):
+        return None
+    return text.replace(":", "x").replace(".", "p")
+
+
+def _hashed_label(value: JsonScalar, digits: int) -> str:
+    """``example-com-ref-jpg-1a2b3c4d``: the value's end without its scheme (where URLs name their file)."""
+    text = json.dumps(value)
+    readable = _UNSAFE_RUN.sub("-", str(value).split("://", 1)[-1]).strip("-")
+    if len(readable) > _READABLE_CHARS:
+        tail = readable[-_READABLE_CHARS:]
+        readable = tail.partition("-")[2] or tail  # start at a word of the value, not in the middle of one
+    digest = hashlib.sha256(text.encode()).hexdigest()[:digits]
+    return f"{readable or 'value'}-{digest}"
 
 
 def image_flux(defaults_flux: Mapping[str, JsonScalar], own_flux: Mapping[str, JsonScalar]) -> Mapping[str, JsonScalar]:

@@ -1,0 +1,154 @@
+"""Where a run may write: the rendered target folder and file names, checked before anything is submitted.
+
+Pure functions over strings (no Airflow, no I/O), so that ``PreparePublishOperator`` can refuse a bad
+target before any job is paid for, and publishing can check each final name again. A target is
+rendered from a template a spec author wrote and from params anyone may type into the trigger form;
+these rules keep whatever they render inside the folder the spec's literal prefix names.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from urllib.parse import unquote, urlsplit
+
+from jinja2 import Environment, nodes
+
+#: One path segment on every file system and object store flexflow writes to.
+MAX_NAME_BYTES = 255
+#: Where ``{job_id}`` goes before the job exists: as long as the API's ids (UUIDs), so lengths are real.
+JOB_ID_STAND_IN = "0" * 36
+JOB_ID = "{job_id}"
+_PLACEHOLDER = re.compile(r"\{(image|variant|ext|job_id)\}")
+_TEMPLATE_START = re.compile(r"{{|{%|{#")
+#: Unicode categories no path may hold: controls (NUL, newline, ...), line and paragraph separators.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+_PARSER = Environment(autoescape=False)  # noqa: S701 - parses templates to find the params they read
+
+
+class PathRefused(ValueError):
+    """A rendered target, name or param value that could leave the target folder."""
+
+
+def literal_prefix(template: str) -> str:
+    """The part of ``publish.to`` before its first template: the root every rendering must stay under."""
+    match = _TEMPLATE_START.search(template)
+    return template if match is None else template[: match.start()]
+
+
+def checked_folder(rendered: str, template: str) -> str:
+    """The rendered target folder, refused unless it is a plain folder under the spec's literal prefix.
+
+    Compared as parsed URLs: the scheme must be the prefix's, a ``file://`` URL has no host
+    (``file://host/x``, ``file:////x`` name other machines), and every segment of the path is a real
+    name (no ``..``, ``.``, empty or encoded separators), so nothing can climb out of the root.
+    """
+    _refuse_unsafe_characters(rendered, "the target folder")
+    root = literal_prefix(template)
+    if not rendered.startswith(root):
+        raise PathRefused(f"the target folder {rendered!r} is not under {root!r}, the root publish.to names")
+    parts, root_parts = urlsplit(rendered), urlsplit(root)
+    if parts.scheme != root_parts.scheme:
+        raise PathRefused(f"the target folder {rendered!r} changes the scheme of {root!r}")
+    if parts.query or parts.fragment or "?" in rendered or "#" in rendered:
+        raise PathRefused(f"the target folder {rendered!r} has a query or fragment ('?' or '#')")
+    path = _checked_location(rendered, parts.scheme, parts.netloc, parts.path)
+    for segment in path.strip("/").split("/"):
+        _check_segment(segment, f"the target folder {rendered!r}")
+    return rendered.rstrip("/")
+
+
+def _checked_location(rendered: str, scheme: str, host: str, path: str) -> str:
+    """The path part; a local target names no host, a bucket target names its bucket."""
+    if scheme == "file":
+        if host or not path.startswith("/") or path.startswith("//"):
+            raise PathRefused(f"the target folder {rendered!r} is not a local path (write file:///folder)")
+        return path
+    _check_segment(host, f"the target folder {rendered!r} (its bucket)")
+    return path.removeprefix("/")
+
+
+def checked_name(name: str, reserved: Iterable[str] = ()) -> str:
+    """A file name: one path segment of at most 255 bytes, and none of the names the run writes itself."""
+    _refuse_unsafe_characters(name, "the file name")
+    _check_segment(name, f"the file name {name!r}")
+    if name in reserved:
+        raise PathRefused(f"the file name {name!r} is reserved: the run writes that file itself")
+    return name
+
+
+def _check_segment(segment: str, where: str) -> None:
+    decoded = unquote(segment)  # object stores and browsers decode %2F and %2e%2e: judge what they see
+    if decoded in ("", ".", ".."):
+        raise PathRefused(f"{where} has an empty, '.' or '..' path segment")
+    if "/" in decoded or "\\" in decoded:
+        raise PathRefused(f"{where} has a path separator in a name")
+    _refuse_unsafe_characters(decoded, where)
+    size = len(segment.encode())
+    if size > MAX_NAME_BYTES:
+        raise PathRefused(f"{where}: a name of {size} bytes is longer than {MAX_NAME_BYTES} bytes")
+
+
+def _refuse_unsafe_characters(text: str, where: str) -> None:
+    if "\\" in text:
+        raise PathRefused(f"{where} {text!r} has a backslash")
+    for character in text:
+        if unicodedata.category(character) in _CONTROL_CATEGORIES:
+            raise PathRefused(f"{where} {text!r} has a control character ({character!r})")
+
+
+def substituted(pattern: str, values: Mapping[str, str]) -> str:
+    """The pattern with each placeholder replaced once, literally: no format specs, no attribute access.
+
+    One pass, so a value that itself looks like a placeholder stays as written.
+    """
+    return _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), pattern)
+
+
+def unique_names(names: Iterable[str]) -> None:
+    """Refuses two jobs writing one file. Names still holding ``{job_id}`` differ by their job's id."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and JOB_ID not in name:
+            raise PathRefused(f"two images of the run would be written to {name!r}; file names must be unique")
+        seen.add(name)
+
+
+def checked_param(name: str, value: object) -> None:
+    """A param the target or a name reads is a value, never path syntax (it may come from the trigger form)."""
+    text = str(value)
+    if "/" in text or "\\" in text or ".." in text:
+        raise PathRefused(f"param {name!r} is {text!r}: a value used in a path cannot hold '/', '\\' or '..'")
+    _refuse_unsafe_characters(text, f"param {name!r}")
+
+
+def template_params(*templates: str) -> frozenset[str] | None:
+    """The params the templates read (``params.x``, ``params['x']``); None when they read ``params`` whole."""
+    used: set[str] = set()
+    for template in templates:
+        tree = _PARSER.parse(template)
+        uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == "params")
+        keys = [_key(node) for node in _lookups(tree) if _is_params(node.node)]
+        if uses != len(keys) or None in keys:
+            return None  # params passed on whole (a filter, a loop): every param counts
+        used.update(key for key in keys if key is not None)
+    return frozenset(used)
+
+
+def _lookups(tree: nodes.Template) -> Iterator[nodes.Getattr | nodes.Getitem]:
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr | nodes.Getitem):
+            yield node
+
+
+def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    return node.attr if isinstance(node, nodes.Getattr) else _constant(node.arg)
+
+
+def _is_params(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Name) and node.name == "params"
+
+
+def _constant(node: nodes.Node) -> str | None:
+    return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
