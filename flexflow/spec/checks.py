@@ -12,31 +12,23 @@ import re
 import string
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from croniter import croniter
-from jinja2 import Environment, TemplateSyntaxError
 
 from flexflow.contract.schema import Problem
 from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
+from flexflow.spec.secrets import secret_problems as secret_problems  # the pipeline's first check
+from flexflow.spec.templates import template_problems
 from flexflow.spec.yaml_source import KeyPath
 
-SECRET_WORDS = frozenset({"password", "passwd", "secret", "token", "apikey", "credential", "credentials"})
-SECRET_PHRASES = ("api_key", "private_key", "access_key", "auth_key")
 #: The only values rendered at run time; a template anywhere else would be sent as written.
 TEMPLATED = frozenset({("images", "prompt"), ("publish", "to"), ("publish", "filename")})
 
-_JINJA = Environment(autoescape=False)  # noqa: S701 - renders prompts and paths, never HTML
 _JINJA_BLOCK = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
 
 Finding = tuple[KeyPath, str]
-
-
-def secret_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
-    """Keys that look like secrets and values that look like API keys, anywhere in the spec."""
-    return (Problem(path, message) for path, message in _secret_keys(data, ()))
 
 
 def problems_beyond_schema(data: Mapping[str, Any]) -> Iterator[Problem]:
@@ -45,6 +37,7 @@ def problems_beyond_schema(data: Mapping[str, Any]) -> Iterator[Problem]:
 
 
 def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _templates(data)
     yield from _templates_elsewhere(data, ())
     yield from _schedule(data)
     listed = data.get("images")
@@ -58,36 +51,10 @@ def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
             if name in seen:
                 yield ("images", index, "name"), f"image name '{name}' is already used by images[{seen[name]}]"
             seen.setdefault(name, index)
-        yield from _template(image.get("prompt"), ("images", index, "prompt"))
         yield from _settings(image, ("images", index))
     if isinstance(data.get("defaults"), dict):
         yield from _settings(data["defaults"], ("defaults",))
     yield from _publish(data, len(images), any(isinstance(i, dict) and i.get("variants") for i in images))
-
-
-def _secret_keys(value: object, path: KeyPath) -> Iterator[Finding]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if _looks_secret(key):
-                yield (
-                    (*path, key),
-                    (
-                        f"'{key}' looks like a secret; a spec holds no secrets: put the API key in the Airflow "
-                        "connection (connection_id) and storage credentials in publish.conn_id's connection"
-                    ),
-                )
-            yield from _secret_keys(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _secret_keys(item, (*path, index))
-    elif isinstance(value, str) and value.startswith("afk_"):
-        yield path, "this looks like an Apiframe API key; keys belong in the Airflow connection, never in a spec"
-
-
-@lru_cache(maxsize=4096)
-def _looks_secret(key: str) -> bool:
-    normalized = key.lower().replace("-", "_")
-    return bool(SECRET_WORDS & set(normalized.split("_"))) or any(p in normalized for p in SECRET_PHRASES)
 
 
 def _templates_elsewhere(value: object, path: KeyPath) -> Iterator[Finding]:
@@ -138,23 +105,24 @@ def _settings(settings: Mapping[str, Any], path: KeyPath) -> Iterator[Finding]:
                 yield (*path, key), str(exc)
 
 
-def _template(value: object, path: KeyPath) -> Iterator[Finding]:
+def _templates(data: Mapping[str, Any]) -> Iterator[Finding]:
+    """The values rendered at run time against the allow-list of :mod:`flexflow.spec.templates`."""
+    params = data.get("params")
+    declared = frozenset(params) if isinstance(params, dict) else frozenset()
+    images = data.get("images")
+    for index, image in enumerate(images if isinstance(images, list) else []):
+        if isinstance(image, dict):
+            yield from _template(image.get("prompt"), ("images", index, "prompt"), declared)
+    publish = data.get("publish")
+    for key in ("to", "filename"):
+        if isinstance(publish, dict):
+            yield from _template(publish.get(key), ("publish", key), declared)
+
+
+def _template(value: object, path: KeyPath, params: frozenset[str]) -> Iterator[Finding]:
     if isinstance(value, str):
-        error = _template_error(value)
-        if error:
-            yield path, f"template error: {error}"
-
-
-@lru_cache(maxsize=4096)
-def _template_error(text: str) -> str | None:
-    """Jinja's complaint about a template, if any (text without braces needs no parse)."""
-    if "{" not in text:
-        return None
-    try:
-        _JINJA.parse(text)
-    except TemplateSyntaxError as exc:
-        return exc.message or "invalid template"
-    return None
+        for problem in template_problems(value, params):
+            yield path, f"template error: {problem}"
 
 
 def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterator[Finding]:
@@ -162,10 +130,8 @@ def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterat
     if not isinstance(publish, dict):
         return
     to = publish.get("to")
-    if isinstance(to, str):
-        yield from _template(to, ("publish", "to"))
-        if ".." in _JINJA_BLOCK.sub("x", to).split("://", 1)[-1].split("/"):
-            yield ("publish", "to"), f"'{to}' contains '..'; the target path must stay inside its root"
+    if isinstance(to, str) and ".." in _JINJA_BLOCK.sub("x", to).split("://", 1)[-1].split("/"):
+        yield ("publish", "to"), f"'{to}' contains '..'; the target path must stay inside its root"
     filename = publish.get("filename")
     if isinstance(filename, str):
         yield from _filename(filename, images, has_variants)
@@ -173,7 +139,6 @@ def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterat
 
 def _filename(filename: str, images: int, has_variants: bool) -> Iterator[Finding]:
     path: KeyPath = ("publish", "filename")
-    yield from _template(filename, path)
     plain = _JINJA_BLOCK.sub("", filename)
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(plain) if name is not None}
