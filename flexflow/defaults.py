@@ -7,8 +7,12 @@ table; a test fails when the page is stale).
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from flexflow.contract.wire import job_path
 
@@ -32,6 +36,58 @@ OWNER = "flexflow"
 FILENAME = "{image}{variant}.{ext}"
 MANIFEST = True
 CATCHUP = False
+#: Deployment limits (not spec keys): the shortest gap between two scheduled runs, the most jobs one run
+#: may submit. A deployment sets them with the environment variables below (read by ``deployment_limits``).
+MIN_SCHEDULE_INTERVAL = timedelta(hours=1)
+MAX_JOBS_PER_RUN = 500
+MIN_SCHEDULE_INTERVAL_ENV = "FLEXFLOW_MIN_SCHEDULE_INTERVAL"
+MAX_JOBS_PER_RUN_ENV = "FLEXFLOW_MAX_JOBS_PER_RUN"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one deployment allows a spec: the validation rules and the spec cache's key both read these."""
+
+    min_schedule_interval: timedelta = MIN_SCHEDULE_INTERVAL
+    max_jobs_per_run: int = MAX_JOBS_PER_RUN
+
+
+_ENV_DURATION = re.compile(r"(\d{1,9})([smhd]?)")  # bounded digits: an environment value, never spec text
+_ENV_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_T = TypeVar("_T")
+
+
+def deployment_limits() -> Limits:
+    """The limits set in the environment (``FLEXFLOW_MIN_SCHEDULE_INTERVAL=30m``, ``FLEXFLOW_MAX_JOBS_PER_RUN=200``).
+
+    Read on every call (cheap), so a changed setting applies at the next parse. A value that is not a
+    positive duration or count keeps the default, with a warning: a typo must not lift a limit.
+    """
+    return Limits(_env_interval(), _env_jobs())
+
+
+def _env_interval() -> timedelta:
+    text = os.environ.get(MIN_SCHEDULE_INTERVAL_ENV, "").strip()
+    match = _ENV_DURATION.fullmatch(text)
+    if not text:
+        return MIN_SCHEDULE_INTERVAL
+    if not match or int(match.group(1)) == 0:
+        return _ignored(MIN_SCHEDULE_INTERVAL_ENV, text, MIN_SCHEDULE_INTERVAL)
+    return timedelta(seconds=int(match.group(1)) * _ENV_UNITS[match.group(2)])
+
+
+def _env_jobs() -> int:
+    text = os.environ.get(MAX_JOBS_PER_RUN_ENV, "").strip()
+    if not text:
+        return MAX_JOBS_PER_RUN
+    if not text.isdecimal() or len(text) > 9 or int(text) == 0:
+        return _ignored(MAX_JOBS_PER_RUN_ENV, text, MAX_JOBS_PER_RUN)
+    return int(text)
+
+
+def _ignored(name: str, text: str, default: _T) -> _T:
+    warnings.warn(f"{name}={text!r} is not valid; using the default {shown(default)}", stacklevel=3)
+    return default
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from flexflow import __version__
+from flexflow.defaults import Limits, deployment_limits
 from flexflow.spec.schema import spec_schema
 
 CACHE_DIR_ENV = "FLEXFLOW_CACHE_DIR"
 
 
 @cache
-def _rules_fingerprint() -> str:
-    return hashlib.sha256(f"{__version__}\0{json.dumps(spec_schema(), sort_keys=True)}".encode()).hexdigest()
+def _rules_fingerprint(limits: Limits) -> str:
+    """The rules a cached spec passed: a changed deployment limit validates every spec again."""
+    rules = f"{__version__}\0{json.dumps(spec_schema(), sort_keys=True)}\0{limits!r}"
+    return hashlib.sha256(rules.encode()).hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -45,7 +48,7 @@ class SpecCache:
         self.folder = folder or default_cache_dir()
 
     def _entry(self, text: str) -> Path:
-        key = hashlib.sha256(f"{_rules_fingerprint()}\0{text}".encode()).hexdigest()
+        key = hashlib.sha256(f"{_rules_fingerprint(deployment_limits())}\0{text}".encode()).hexdigest()
         return self.folder / f"{key}.json"
 
     def get(self, text: str) -> dict[str, Any] | None:

@@ -17,6 +17,8 @@ from typing import Any
 from croniter import croniter
 
 from flexflow.contract.schema import Problem
+from flexflow.defaults import deployment_limits
+from flexflow.spec.airflow_rules import schedule_problem, start_date_problem
 from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
 from flexflow.spec.secrets import secret_problems as secret_problems  # the pipeline's first check
@@ -79,20 +81,24 @@ def _templates_elsewhere(value: object, path: KeyPath) -> Iterator[Finding]:
 def _schedule(data: Mapping[str, Any]) -> Iterator[Finding]:
     schedule = data.get("schedule")
     if isinstance(schedule, str):
-        if schedule.startswith("@"):
-            if schedule not in SCHEDULE_PRESETS:
-                hint = " (it would generate images without pause)" if schedule == "@continuous" else ""
-                yield ("schedule",), f"unknown preset '{schedule}'{hint}; use one of {', '.join(SCHEDULE_PRESETS)}"
-        elif not croniter.is_valid(schedule):
+        if schedule.startswith("@") and schedule not in SCHEDULE_PRESETS:
+            hint = " (it would generate images without pause)" if schedule == "@continuous" else ""
+            yield ("schedule",), f"unknown preset '{schedule}'{hint}; use one of {', '.join(SCHEDULE_PRESETS)}"
+        elif not schedule.startswith("@") and not croniter.is_valid(schedule):
             yield ("schedule",), f"'{schedule}' is not a valid cron expression (minute hour day month weekday)"
+        elif problem := schedule_problem(schedule, deployment_limits().min_schedule_interval):
+            yield ("schedule",), problem  # never fires, or too often for this deployment
     start = data.get("start_date")
     if schedule is not None and start is None and "schedule" in data:
         yield ("start_date",), "is required when schedule is set (write a date such as 2026-11-01)"
     if isinstance(start, str):
         try:
-            datetime.fromisoformat(start)  # as the model reads it (flexflow.spec.build.start_date)
+            when = datetime.fromisoformat(start)  # as the model reads it (flexflow.spec.build.start_date)
         except ValueError:
             yield ("start_date",), f"'{start}' is not a date; write a date such as 2026-11-01"
+        else:
+            if problem := start_date_problem(when):
+                yield ("start_date",), problem
 
 
 def _settings(settings: Mapping[str, Any], path: KeyPath) -> Iterator[Finding]:
