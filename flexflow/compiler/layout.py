@@ -16,6 +16,7 @@ from typing import Any
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.compiler.docs import spec_doc
 from flexflow.spec.model import ImageSpec, Spec, thawed
+from flexflow.spec.templates import TEMPLATE_FILTERS
 
 SUBMIT, WAIT, PUBLISH, FINALIZE = "submit", "wait", "publish", "finalize"
 #: Every DAG flexflow compiles carries this tag.
@@ -106,6 +107,7 @@ def _dag_arguments(spec: Spec) -> dict[str, Any]:
         "tags": [*spec.tags, FLEXFLOW_TAG],
         "params": thawed(spec.params),
         "default_args": {"owner": spec.owner},
+        "user_defined_filters": TEMPLATE_FILTERS,  # ds_add, strftime, a bounded replace
     }
 
 
