@@ -6,14 +6,17 @@ shows the broken DAG, with its problems, under its own name.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexflow.defaults import Limits
+from flexflow.spec.airflow_rules import DAG_ID_MAX, INVALID_SUFFIX, airflow_findings
 from flexflow.spec.cache import SpecCache
 from flexflow.spec.model import Spec
-from flexflow.spec.pipeline import load_spec
+from flexflow.spec.pipeline import load_spec, read_spec_text
 from flexflow.spec.problems import SpecError, SpecProblem
 from flexflow.spec.yaml_source import load
 
@@ -21,14 +24,26 @@ SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 def find_spec_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The spec files named, and those under the folders named (recursively), sorted."""
+    """The spec files named, and those under the folders named (recursively), sorted.
+
+    Work stays proportional to the folder: symlinked folders are not descended into (no cycles, no
+    trees outside it) and neither are hidden ones (``.git``; a Kubernetes ConfigMap's ``..data``
+    copies). Every other entry with a spec suffix is listed, a FIFO or device too: loading flags it
+    without reading it (:func:`flexflow.spec.pipeline.read_spec_text`).
+    """
     found: set[Path] = set()
     for path in map(Path, paths):
         if path.is_dir():
-            found.update(p for p in path.rglob("*") if p.suffix in SPEC_SUFFIXES and p.is_file())
+            found.update(_spec_entries(path))
         else:
             found.add(path)
     return sorted(found)
+
+
+def _spec_entries(folder: Path) -> Iterator[Path]:
+    for root, folders, files in os.walk(folder, followlinks=False):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(root, name) for name in files if name.endswith(SPEC_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -69,18 +84,35 @@ def load_folder(paths: Iterable[str | Path], cache: SpecCache | None = None) -> 
     return FolderResult(tuple(valid), problems, {k: tuple(v) for k, v in broken.items()})
 
 
-_DAG_ID_LINE = re.compile(r"^dag_id:\s*['\"]?([A-Za-z0-9_.-]+)", re.MULTILINE)
+#: A plain ``dag_id: x`` line. Linear: ``[ \t]*`` never crosses a line, and nothing follows the id's run.
+_DAG_ID_LINE = re.compile(r"^dag_id:[ \t]*['\"]?([A-Za-z0-9_.-]+)", re.MULTILINE)
+_NOT_KEY = re.compile(r"[^A-Za-z0-9_-]+")  # '.' too: a stem cannot then hold '..'
 
 
 def claimed_dag_id(file: Path) -> str | None:
-    """The dag_id a file states on a plain ``dag_id: x`` line, read without YAML; None if none is."""
+    """The dag_id a file states on a plain ``dag_id: x`` line, read without YAML; None if none is.
+
+    The file is read as a spec is (bounded, regular files only), so a FIFO or a huge file costs nothing.
+    """
     try:
-        match = _DAG_ID_LINE.search(file.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
+        match = _DAG_ID_LINE.search(read_spec_text(file).decode("utf-8", errors="replace"))
+    except (OSError, ValueError):
         return None
     return match.group(1) if match else None
 
 
 def lenient_dag_id(file: Path) -> str:
-    """The dag_id a broken file meant, so the broken DAG shows under its own name (else the file's stem)."""
-    return claimed_dag_id(file) or file.stem
+    """The dag_id a broken file meant, so the broken DAG shows under its own name; always one Airflow takes.
+
+    A claimed id Airflow would refuse (too long, ``..``, flexflow's ``__invalid`` suffix) gives way to
+    the file's stem, made an Airflow key: a broken spec's DAG must never fail to build itself.
+    """
+    claimed = claimed_dag_id(file)
+    if claimed and not _dag_id_findings(claimed):
+        return claimed
+    stem = _NOT_KEY.sub("_", file.stem)[:DAG_ID_MAX].removesuffix(INVALID_SUFFIX)
+    return stem or "unnamed_spec"
+
+
+def _dag_id_findings(dag_id: str) -> list[str]:
+    return [message for _, message in airflow_findings({"dag_id": dag_id}, Limits())]
