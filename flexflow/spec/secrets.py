@@ -24,36 +24,33 @@ from flexflow.spec.yaml_source import KeyPath
 
 
 class KeyShape(NamedTuple):
-    """One kind of credential: its pattern on the folded text, and what keeps prose from matching it."""
+    """One kind of credential: its pattern, and which folded text it is searched in."""
 
     kind: str
     pattern: re.Pattern[str]
-    needs_digit: bool = False  # the shape also fits words once spaces are gone: a real key has digits
-    keep_spaces: bool = False  # the shape is a word then a key ("Bearer ..."): spaces are its boundary
+    needs_digit: bool = False  # the shape also fits prose: a real key has a digit in its body
+    #: Searched with spaces removed: only shapes no word contains ("afk_", a PEM header, a JWT), so a key
+    #: spelled out with spaces is found. The others are searched where a space still ends a word, and
+    #: begin after no letter or digit ("risk-free" holds no "sk-" key, "Slovakia 2027" no AWS key).
+    compact: bool = False
 
 
-#: Credential shapes. Each begins where no letter or digit precedes it ("risk-free" holds no "sk-"
-#: key) and asks for a body of key characters, so ordinary prompts do not match.
+#: Credential shapes, all matched on text in lower case without invisible characters.
 KEY_SHAPES = (
-    KeyShape("an Apiframe API key", re.compile(r"(?<![a-z0-9])afk_[a-z0-9_]{4,}")),
+    KeyShape("an Apiframe API key", re.compile(r"afk_[a-z0-9_]{4,}"), compact=True),
+    KeyShape("a private key", re.compile(r"-----begin[a-z]{0,20}privatekey"), compact=True),
+    KeyShape("a JSON web token", re.compile(r"eyj[a-z0-9_-]{10,}\.eyj[a-z0-9_-]{10,}\."), compact=True),
     KeyShape("an AWS access key id", re.compile(r"(?<![a-z0-9])akia[a-z0-9]{16}"), needs_digit=True),
     KeyShape("a secret API key (sk-...)", re.compile(r"(?<![a-z0-9])sk-[a-z0-9_-]{20,}"), needs_digit=True),
     KeyShape("a Stripe secret key", re.compile(r"(?<![a-z0-9])[rs]k_(?:live|test)_[a-z0-9]{10,}")),
     KeyShape("a GitHub token", re.compile(r"(?<![a-z0-9])(?:gh[pousr]_[a-z0-9]{30,}|github_pat_[a-z0-9_]{20,})")),
     KeyShape("a Slack token", re.compile(r"(?<![a-z0-9])xox[abprs]-[a-z0-9-]{10,}")),
     KeyShape("a Google API key", re.compile(r"(?<![a-z0-9])aiza[a-z0-9_-]{35}"), needs_digit=True),
-    KeyShape("a private key", re.compile(r"-----begin[a-z]{0,20}privatekey")),
-    KeyShape("a JSON web token", re.compile(r"eyj[a-z0-9_-]{10,}\.eyj[a-z0-9_-]{10,}\.")),
-    KeyShape(
-        "a bearer token",
-        re.compile(r"(?<![a-z0-9])bearer[:=]?\s*[a-z0-9._~+/-]{20,}"),
-        needs_digit=True,
-        keep_spaces=True,
-    ),
+    KeyShape("a bearer token", re.compile(r"(?<![a-z0-9])bearer[:=]?\s*[a-z0-9._~+/-]{20,}"), needs_digit=True),
 )
 #: Parts of a key's name that say it holds a credential (the name folded: lower case, '-' as '_').
 SECRET_WORDS = frozenset({"password", "passwd", "pwd", "secret", "token", "apikey", "credential", "credentials"})
-SECRET_PHRASES = ("api_key", "private_key", "access_key", "auth_key", "password", "secret", "credential")
+SECRET_PHRASES = ("api_key", "private_key", "access_key", "auth_key", "password", "secret", "credential", "token")
 
 Finding = tuple[KeyPath, str]
 
@@ -88,7 +85,8 @@ def _key(key: str, path: KeyPath, *, params: bool) -> Iterator[Finding]:
         )
         yield path, f"'{_printable(key)}' looks like a secret; {where}"
     elif kind := key_kind(key):
-        yield path, f"this key looks like {kind}; credentials belong in an Airflow connection, never in a spec"
+        # Shown at the mapping that holds it: the key's own path would print the key.
+        yield path[:-1], f"a key here looks like {kind}; credentials belong in an Airflow connection, never in a spec"
 
 
 @lru_cache(maxsize=4096)
@@ -105,7 +103,7 @@ def key_kind(text: str) -> str | None:
     for candidate in candidates:
         compact, spaced = _folded(candidate, keep_spaces=False), _folded(candidate, keep_spaces=True)
         for shape in KEY_SHAPES:
-            for match in shape.pattern.finditer(spaced if shape.keep_spaces else compact):
+            for match in shape.pattern.finditer(compact if shape.compact else spaced):
                 if not shape.needs_digit or any(char.isdigit() for char in match.group()):
                     return shape.kind
     return None

@@ -26,12 +26,12 @@ from functools import lru_cache
 
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
-#: Longest template parsed; a prompt is a few hundred characters (the API takes a few thousand).
-MAX_TEMPLATE_CHARS = 10_000
+#: Longest template parsed: twice the longest prompt the API takes (2,000); a target URL is far shorter.
+MAX_TEMPLATE_CHARS = 4_000
 #: Deepest bracket nesting and deepest expression; a real template nests two or three levels.
 MAX_DEPTH = 32
 #: Most nodes in a parsed template (text parts, names, literals, filters).
-MAX_NODES = 1_000
+MAX_NODES = 500
 #: Longest text a filter of :data:`TEMPLATE_FILTERS` returns: ``replace`` cannot blow a value up.
 MAX_RENDERED_CHARS = 100_000
 
@@ -56,7 +56,14 @@ REFUSED_NAMES = {
     "task_instance": "it is the task instance",
     "macros": "use the filters ds_add and strftime",
 }
-_STATEMENT_TAGS = {"Assign": "set", "AssignBlock": "set", "FromImport": "from", "CallBlock": "call"}
+_STATEMENT_TAGS = {
+    "Assign": "set",
+    "AssignBlock": "set",
+    "FromImport": "from",
+    "CallBlock": "call",
+    "FilterBlock": "filter",
+    "ScopedEvalContextModifier": "autoescape",
+}
 
 _PLAIN_FORMAT = re.compile(r"(?:[^%]|%[A-Za-z%])*")  # each character read once: no backtracking
 _JINJA = Environment(autoescape=False)  # noqa: S701 - parses prompts and paths, never renders HTML
