@@ -16,12 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from flexflow.compiler.docs import broken_description, broken_doc, code_span, fenced, markdown_text, spec_doc
+from flexflow.compiler.layout import task_layout
 from flexflow.publishing.contact_sheet import render_contact_sheet, visible
-from flexflow.spec import SpecProblem, load_spec
+from flexflow.spec import SpecProblem, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "spring_social_refresh.yaml"
@@ -257,3 +259,14 @@ def test_the_doc_of_a_broken_spec_shows_its_problems_whole() -> None:
     assert "spec`s.yaml" in [t.content for t in tokens(doc) if t.type == "code_inline"]
     description = broken_description([*problems, *copy.deepcopy(problems) * 100])
     assert len(description) <= 250 and "\u202e" not in description
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_spec_whose_description_is_hostile_is_valid_and_its_doc_inert(text: str) -> None:
+    """Validation accepts any text as a description (it is only shown), so the doc is what keeps it inert."""
+    data = yaml.safe_load(SPEC.read_text())
+    data["description"] = text
+    spec = parse_spec(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "hostile.yaml")
+    doc = task_layout(spec).dag_arguments["doc_md"]
+    assert_no_link_or_html(doc)
+    assert markdown_text(text) in doc
