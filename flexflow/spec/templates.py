@@ -63,6 +63,7 @@ _STATEMENT_TAGS = {
     "CallBlock": "call",
     "FilterBlock": "filter",
     "ScopedEvalContextModifier": "autoescape",
+    "Scope": "autoescape",  # {% autoescape %} parses to a scope around the modifier
 }
 
 _PLAIN_FORMAT = re.compile(r"(?:[^%]|%[A-Za-z%])*")  # each character read once: no backtracking
@@ -154,13 +155,16 @@ def parse_template(text: str) -> nodes.Template:
 
 
 def _bracket_depth(text: str) -> int:
-    """The deepest nesting of ``( [ {`` in the text, in one pass (Jinja's parser recurses on each)."""
+    """The deepest nesting of ``(`` and ``[`` in the text, in one pass (Jinja's parser recurses on each).
+
+    Braces are left out: ``{{`` opens every expression; a run of ``{`` (dicts) hits the recursion guard.
+    """
     depth = deepest = 0
     for char in text:
-        if char in "([{":
+        if char in "([":
             depth += 1
             deepest = max(deepest, depth)
-        elif char in ")]}" and depth:
+        elif char in ")]" and depth:
             depth -= 1
     return deepest
 
@@ -238,6 +242,8 @@ class _Walk:
             self.refuse(f"the template is nested more than {MAX_DEPTH} levels deep")
         elif isinstance(node, nodes.TemplateData | nodes.Const):
             self.literal(node)
+        elif isinstance(node, nodes.Neg) and isinstance(node.node, nodes.Const):
+            self.literal(node.node)  # -7 is a literal to the reader, a negation to Jinja's parser
         elif isinstance(node, nodes.Name):
             self.name(node.name)
         elif isinstance(node, nodes.Getattr | nodes.Getitem):
