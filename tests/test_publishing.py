@@ -74,7 +74,7 @@ TO = "file:///srv/assets/{{ params.campaign }}/{{ ds }}"
     ],
 )
 def test_a_folder_under_its_root_is_accepted(rendered: str, template: str) -> None:
-    assert checked_folder(rendered, template) == rendered.rstrip("/")
+    assert checked_folder(rendered, literal_prefix(template)) == rendered.rstrip("/")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_a_folder_under_its_root_is_accepted(rendered: str, template: str) -> No
 )
 def test_a_folder_that_could_leave_its_root_is_refused(rendered: str, reason: str) -> None:
     with pytest.raises(PathRefused, match=re.escape(reason)):
-        checked_folder(rendered, TO)
+        checked_folder(rendered, literal_prefix(TO))
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_a_folder_that_could_leave_its_root_is_refused(rendered: str, reason: st
 )
 def test_host_forms_and_scheme_changes_are_refused(rendered: str, template: str, reason: str) -> None:
     with pytest.raises(PathRefused, match=re.escape(reason)):
-        checked_folder(rendered, template)
+        checked_folder(rendered, literal_prefix(template))
 
 
 def test_the_root_is_the_literal_text_before_the_first_template() -> None:
@@ -486,8 +486,10 @@ def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
     [job] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.wait")
     [request] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.submit", key="request")
     [records] = xcom(airflow_db, dag_id, dag_run.run_id, f"{stored}.publish")
+    [target] = xcom(airflow_db, dag_id, dag_run.run_id, "prepare")
+    assert target["folder"] == f"file://{folder}", "the folder prepare rendered once, for publish and finalize"
     retry = copy.copy(dag.get_task(f"{stored}.publish"))
-    retry.job, retry.request, retry.to = job, request, f"file://{folder}"
+    retry.job, retry.request, retry.target = job, request, target
     again = retry.execute({})
     assert [r["name"] for r in again] == [r["name"] for r in records] == [f"{stored}.png"]
     assert again[0]["sha256"] == records[0]["sha256"]

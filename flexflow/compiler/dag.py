@@ -1,4 +1,4 @@
-"""A validated spec becomes an Airflow DAG: per image a task group submit -> wait -> publish, then finalize."""
+"""A validated spec becomes an Airflow DAG: prepare, per image a task group submit -> wait -> publish, then finalize."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from flexflow.compiler.layout import (
     PlannedTask,
     task_layout,
 )
-from flexflow.publishing.operators import FinalizeRunOperator, PublishImageOperator
+from flexflow.publishing.operators import FinalizeRunOperator, PreparePublishOperator, PublishImageOperator
 from flexflow.spec.model import Spec
 from flexflow.spec.problems import SpecProblem
 
 INVALID_TAG = "invalid"
 OPERATORS: dict[str, type[BaseOperator]] = {
-    cls.__name__: cls for cls in (FluxFlexOperator, FluxJobSensor, PublishImageOperator, FinalizeRunOperator)
+    cls.__name__: cls
+    for cls in (PreparePublishOperator, FluxFlexOperator, FluxJobSensor, PublishImageOperator, FinalizeRunOperator)
 }
 
 
@@ -36,37 +37,46 @@ def compile_spec(spec: Spec) -> DAG:
     """The DAG of a spec: an interpretation of its ``task_layout`` (what ``plan`` shows), nothing more."""
     layout = task_layout(spec)
     with DAG(**layout.dag_arguments) as dag:
-        built = {task.task_id: task for group in layout.groups for task in _group(group)}
-        finalize = _operator(layout.finalize, built, {})
-        finalize.set_upstream([built[task_id] for task_id in layout.finalize.upstream])
+        prepare = _operator(layout.prepare, {}, {})
+        built = {prepare.task_id: prepare}
+        for group in layout.groups:
+            built.update((task.task_id, task) for task in _group(group, built))
+        _operator(layout.finalize, built, {})
     return dag
 
 
-def _group(group: PlannedGroup) -> list[BaseOperator]:
+def _group(group: PlannedGroup, outside: Mapping[str, BaseOperator]) -> list[BaseOperator]:
     """The group's tasks; a group with variants is mapped over them (``expand_kwargs`` over the records)."""
     if group.variants is None:
         with TaskGroup(group.group_id):
-            return _chain(group.tasks, {})
+            return _chain(group.tasks, outside, {})
     built: list[BaseOperator] = []
 
     def variant_chain(variant: Any, flux_overrides: Any) -> None:
-        built.extend(_chain(group.tasks, {VARIANT_LABEL: variant, VARIANT_FLUX: flux_overrides}))
+        built.extend(_chain(group.tasks, outside, {VARIANT_LABEL: variant, VARIANT_FLUX: flux_overrides}))
 
     task_group(group_id=group.group_id)(variant_chain).expand_kwargs([dict(r) for r in group.variants])
     return built
 
 
-def _chain(tasks: Sequence[PlannedTask], variant: dict[str, Any]) -> list[BaseOperator]:
-    built: dict[str, BaseOperator] = {}
+def _chain(
+    tasks: Sequence[PlannedTask], outside: Mapping[str, BaseOperator], variant: dict[str, Any]
+) -> list[BaseOperator]:
+    """The group's tasks in order; ``outside`` are the tasks before the group (prepare) they may read."""
+    built: dict[str, BaseOperator] = dict(outside)
     for task in tasks:
         built[task.task_id] = _operator(task, built, variant)
-    return list(built.values())
+    return [built[task.task_id] for task in tasks]
 
 
 def _operator(task: PlannedTask, built: Mapping[str, BaseOperator], variant: Mapping[str, Any]) -> BaseOperator:
-    """One task, its run-time arguments wired: XComs of upstream tasks, fields of the variant record."""
+    """One task, its run-time arguments wired (XComs of upstream tasks, fields of the variant record), then
+    its upstream tasks: an XCom argument makes its own edge, an upstream whose result it does not read
+    (prepare before submit) needs one of its own."""
     arguments = {name: _argument(value, built, variant) for name, value in task.arguments.items()}
-    return OPERATORS[task.operator](task_id=task.step, **arguments)
+    operator = OPERATORS[task.operator](task_id=task.step, **arguments)
+    operator.set_upstream([built[task_id] for task_id in task.upstream])
+    return operator
 
 
 def _argument(value: Any, built: Mapping[str, BaseOperator], variant: Mapping[str, Any]) -> Any:

@@ -1,6 +1,8 @@
 """The tasks a spec compiles to, described once: ``flexflow plan`` shows it and the compiler only interprets it.
 
-Per image a task group ``<image>``: submit -> wait -> publish. An image with variants is one mapped task
+First one ``prepare``: it renders the target folder and every file name of the run once and checks
+them, so a bad target fails the run before anything is submitted (every submit follows it). Then per
+image a task group ``<image>``: submit -> wait -> publish. An image with variants is one mapped task
 group over its variant records (label and flux overrides together), so every variant has its own
 submit -> wait -> publish chain: a failed variant never keeps its siblings' paid images from being
 published. Then one ``finalize`` after every group. Nothing here imports Airflow.
@@ -15,10 +17,11 @@ from typing import Any
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.compiler.docs import spec_doc
+from flexflow.publishing.paths import literal_prefix, template_params
 from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.templates import TEMPLATE_FILTERS
 
-SUBMIT, WAIT, PUBLISH, FINALIZE = "submit", "wait", "publish", "finalize"
+PREPARE, SUBMIT, WAIT, PUBLISH, FINALIZE = "prepare", "submit", "wait", "publish", "finalize"
 #: Every DAG flexflow compiles carries this tag.
 FLEXFLOW_TAG = "flexflow"
 #: The fields of a variant record, the arguments of a mapped image group.
@@ -43,7 +46,7 @@ class FromVariant:
 @dataclass(frozen=True)
 class PlannedTask:
     task_id: str  # the full id, ``<image>.<step>`` inside a group
-    kind: str  # submit | wait | publish | finalize
+    kind: str  # prepare | submit | wait | publish | finalize
     operator: str
     arguments: Mapping[str, Any]  # constructor arguments; FromTask/FromVariant values are filled at run time
     upstream: tuple[str, ...]
@@ -66,12 +69,13 @@ class PlannedGroup:
 @dataclass(frozen=True)
 class Layout:
     dag_arguments: Mapping[str, Any]  # of Airflow's DAG(...)
+    prepare: PlannedTask
     groups: tuple[PlannedGroup, ...]
     finalize: PlannedTask
 
     @property
     def tasks(self) -> list[PlannedTask]:
-        return [*(task for group in self.groups for task in group.tasks), self.finalize]
+        return [self.prepare, *(task for group in self.groups for task in group.tasks), self.finalize]
 
 
 def task_layout(spec: Spec) -> Layout:
@@ -84,16 +88,33 @@ def task_layout(spec: Spec) -> Layout:
         {
             "publish_task_ids": list(publishes),
             "expected_files": spec.job_count,
-            "to": spec.publish.to,
+            "target": FromTask(PREPARE),  # the folder prepare rendered once, not a second rendering
             "conn_id": spec.publish.conn_id,
             "asset": spec.publish.asset,
             "manifest": spec.publish.manifest,
         },
-        publishes,
+        (PREPARE, *publishes),
         None,
         None,
     )
-    return Layout(_dag_arguments(spec), groups, finalize)
+    return Layout(_dag_arguments(spec), _prepare(spec), groups, finalize)
+
+
+def _prepare(spec: Spec) -> PlannedTask:
+    """The run's first task: the target and every job's file name, rendered once and checked."""
+    files = [
+        {"image": image.name, "variant": variant.label, "ext": str(flux["output_format"])}
+        for image, variant, flux in spec.jobs()
+    ]
+    used = template_params(spec.publish.to, spec.publish.filename)
+    arguments = {
+        "to": spec.publish.to,
+        "root": literal_prefix(spec.publish.to),
+        "filename": spec.publish.filename,
+        "files": files,
+        "params_used": None if used is None else sorted(used),
+    }
+    return PlannedTask(PREPARE, PREPARE, "PreparePublishOperator", arguments, (), None, None)
 
 
 def _dag_arguments(spec: Spec) -> dict[str, Any]:
@@ -131,17 +152,16 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
     publish_args = {
         "job": FromTask(wait),
         "request": FromTask(submit, REQUEST_XCOM_KEY),
+        "target": FromTask(PREPARE),
         "image": image.name,
         "variant": FromVariant(VARIANT_LABEL) if mapped else "",
-        "to": spec.publish.to,
-        "filename": spec.publish.filename,
         "conn_id": spec.publish.conn_id,
         **retry,
     }
     if mapped:
         submit_args[VARIANT_FLUX] = FromVariant(VARIANT_FLUX)
     tasks = (
-        PlannedTask(submit, SUBMIT, "FluxFlexOperator", submit_args, (), mapped, image.name),
+        PlannedTask(submit, SUBMIT, "FluxFlexOperator", submit_args, (PREPARE,), mapped, image.name),
         PlannedTask(
             wait,
             WAIT,
@@ -151,7 +171,9 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
             mapped,
             image.name,
         ),
-        PlannedTask(publish, PUBLISH, "PublishImageOperator", publish_args, (wait, submit), mapped, image.name),
+        PlannedTask(
+            publish, PUBLISH, "PublishImageOperator", publish_args, (wait, submit, PREPARE), mapped, image.name
+        ),
     )
     variants = tuple({VARIANT_LABEL: v.label, VARIANT_FLUX: thawed(v.flux)} for v in image.variants)
     return PlannedGroup(image.name, variants if mapped else None, tasks)

@@ -13,13 +13,73 @@ from airflow.sdk.exceptions import AirflowFailException
 from flexflow.airflow.outcome import JobOutcome
 from flexflow.contract import output_size
 from flexflow.publishing.download import DownloadError, download_image
+from flexflow.publishing.paths import (
+    JOB_ID,
+    MANIFEST_NAME,
+    PathRefused,
+    PlannedFile,
+    checked_name,
+    planned_target,
+    substituted,
+)
 from flexflow.publishing.store import target_folder, write_atomic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-MANIFEST_NAME = "manifest.json"
+__all__ = ["MANIFEST_NAME", "FinalizeRunOperator", "PreparePublishOperator", "PublishImageOperator"]
+
 MANIFEST_VERSION = 1
+#: What the prepare task returns, which publish and finalize read: the folder and each job's file name.
+FOLDER, NAMES = "folder", "names"
+
+
+class PreparePublishOperator(BaseOperator):
+    """The run's first task: render the target folder and every file name once, and check them all.
+
+    A clock or a param in ``publish.to`` is rendered here only, so the images and the manifest land in
+    one folder; a target or name that could leave the folder, or two jobs sharing a name, fails the run
+    before anything is submitted (no retries: the same values fail the same way).
+
+    :param to: target folder URL (templated)
+    :param root: the literal part of ``publish.to`` before its first template: the rendered folder stays under it
+    :param filename: file name pattern (templated), placeholders {image} {variant} {ext} {job_id}, each replaced
+        literally
+    :param files: every job of the run as ``{"image", "variant", "ext"}``
+    :param params_used: the params ``to`` and ``filename`` read (None: all of them); their values are checked
+    """
+
+    template_fields: Sequence[str] = ("to", "filename")
+    ui_color = "#eef3fb"
+
+    def __init__(
+        self,
+        *,
+        to: str,
+        root: str,
+        filename: str,
+        files: Sequence[Mapping[str, str]],
+        params_used: Sequence[str] | None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.to = to
+        self.root = root
+        self.filename = filename
+        self.files = [dict(file) for file in files]
+        self.params_used = None if params_used is None else list(params_used)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        given = dict(context["params"])
+        used = given if self.params_used is None else {k: given[k] for k in self.params_used if k in given}
+        files = [PlannedFile(**file) for file in self.files]
+        try:
+            target = planned_target(self.to, self.root, self.filename, files, used)
+        except PathRefused as exc:
+            raise AirflowFailException(f"nothing was submitted: {exc}") from exc
+        self.log.info("publishing %d file(s) to %s", len(files), target[FOLDER])
+        return target
 
 
 class PublishImageOperator(BaseOperator):
@@ -27,15 +87,14 @@ class PublishImageOperator(BaseOperator):
 
     :param job: the job's outcome (the wait task's result, a stored ``JobOutcome``)
     :param request: the request body as sent (the submit task's ``request`` XCom: prompt and flux params)
+    :param target: the prepare task's result: the checked folder and each job's file name
     :param image: the spec's image name
     :param variant: the variant's ``{variant}`` label ("" when the image has no variants; templated, so a
         mapped task group can pass each variant's own)
-    :param to: target folder URL (templated): file://, s3://, gs://
-    :param filename: file name pattern (templated), placeholders {image} {variant} {ext} {job_id}
     :param conn_id: storage connection for remote targets
     """
 
-    template_fields: Sequence[str] = ("job", "request", "variant", "to", "filename")
+    template_fields: Sequence[str] = ("job", "request", "target", "variant")
     ui_color = "#e8f7e4"
 
     def __init__(
@@ -43,28 +102,28 @@ class PublishImageOperator(BaseOperator):
         *,
         job: Mapping[str, Any],
         request: Mapping[str, Any],
+        target: Mapping[str, Any],
         image: str,
         variant: str = "",
-        to: str,
-        filename: str,
         conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.job = job
         self.request = request
+        self.target = target
         self.image = image
         self.variant = variant
-        self.to = to
-        self.filename = filename
         self.conn_id = conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         outcome = JobOutcome.from_stored(self.job)
         flux = self.request["fluxParams"]
-        folder = target_folder(self.to, self.conn_id)
+        folder = target_folder(self.target[FOLDER], self.conn_id)
+        pattern = self.target[NAMES][self.image][self.variant]
         records = []
         for number, url in enumerate(outcome.images):
+            name = self._name(pattern, outcome.job_id, number if len(outcome.images) > 1 else None)
             try:
                 image = download_image(url, expected_format=flux["output_format"], expected_size=output_size(flux))
             except DownloadError as exc:
@@ -72,10 +131,6 @@ class PublishImageOperator(BaseOperator):
                 if exc.permanent:  # retrying the download cannot bring the result back
                     raise AirflowFailException(f"{where}; clear the submit task to generate it again") from exc
                 raise DownloadError(where) from exc
-            name = self.filename.format(image=self.image, variant=self.variant, ext=image.format, job_id=outcome.job_id)
-            if len(outcome.images) > 1:
-                stem, dot, ext = name.rpartition(".")
-                name = f"{stem}-{number}{dot}{ext}"
             target = folder / name
             write_atomic(target, image.data)
             self.log.info(
@@ -107,6 +162,22 @@ class PublishImageOperator(BaseOperator):
             )
         return records
 
+    @staticmethod
+    def _name(pattern: str, job_id: str, number: int | None) -> str:
+        """The file's name: the prepared one with the job's id, numbered when a job returns several images.
+
+        Checked again, since the job id comes from the API and the number changes the name.
+        """
+        name = substituted(pattern, {"job_id": job_id})
+        if number is not None:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}-{number}{dot}{ext}"
+        try:
+            return checked_name(name, reserved=(MANIFEST_NAME,))
+        except PathRefused as exc:
+            where = " (the job id the API returned)" if JOB_ID in pattern else ""
+            raise AirflowFailException(f"{exc}{where}; nothing was written") from exc
+
 
 class FinalizeRunOperator(BaseOperator):
     """After every image of the run is stored: write manifest.json, then announce the Asset.
@@ -116,7 +187,7 @@ class FinalizeRunOperator(BaseOperator):
     no Asset event tells downstream DAGs that a half-published run is ready.
     """
 
-    template_fields: Sequence[str] = ("to",)
+    template_fields: Sequence[str] = ("target",)
     ui_color = "#fff4d6"
 
     def __init__(
@@ -124,7 +195,7 @@ class FinalizeRunOperator(BaseOperator):
         *,
         publish_task_ids: Sequence[str],
         expected_files: int,
-        to: str,
+        target: Mapping[str, Any] | None,
         asset: str,
         conn_id: str | None = None,
         manifest: bool = True,
@@ -134,7 +205,7 @@ class FinalizeRunOperator(BaseOperator):
         super().__init__(outlets=[Asset(asset)], **kwargs)
         self.publish_task_ids = list(publish_task_ids)
         self.expected_files = expected_files
-        self.to = to
+        self.target = target  # the prepare task's result: the folder the images went to
         self.asset = asset
         self.conn_id = conn_id
         self.manifest = manifest
@@ -153,7 +224,9 @@ class FinalizeRunOperator(BaseOperator):
         files = [{**record, "dag_id": dag_id, "run_id": run_id} for record in records]
         manifest_path = None
         if self.manifest:
-            manifest_path = target_folder(self.to, self.conn_id) / MANIFEST_NAME
+            if not self.target:  # every image is stored, so prepare did run: its result was cleared since
+                raise AirflowFailException("the prepare task's target is gone; clear the whole run to publish again")
+            manifest_path = target_folder(self.target[FOLDER], self.conn_id) / MANIFEST_NAME
             document = {
                 "manifest_version": MANIFEST_VERSION,
                 "dag_id": dag_id,

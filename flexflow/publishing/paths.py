@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from jinja2 import Environment, nodes
 
+#: The file the run writes beside its images; no image may take its name.
+MANIFEST_NAME = "manifest.json"
 #: One path segment on every file system and object store flexflow writes to.
 MAX_NAME_BYTES = 255
 #: Where ``{job_id}`` goes before the job exists: as long as the API's ids (UUIDs), so lengths are real.
@@ -37,15 +41,14 @@ def literal_prefix(template: str) -> str:
     return template if match is None else template[: match.start()]
 
 
-def checked_folder(rendered: str, template: str) -> str:
-    """The rendered target folder, refused unless it is a plain folder under the spec's literal prefix.
+def checked_folder(rendered: str, root: str) -> str:
+    """The rendered target folder, refused unless it is a plain folder under ``root``, the spec's literal prefix.
 
     Compared as parsed URLs: the scheme must be the prefix's, a ``file://`` URL has no host
     (``file://host/x``, ``file:////x`` name other machines), and every segment of the path is a real
     name (no ``..``, ``.``, empty or encoded separators), so nothing can climb out of the root.
     """
     _refuse_unsafe_characters(rendered, "the target folder")
-    root = literal_prefix(template)
     if not rendered.startswith(root):
         raise PathRefused(f"the target folder {rendered!r} is not under {root!r}, the root publish.to names")
     parts, root_parts = urlsplit(rendered), urlsplit(root)
@@ -152,3 +155,32 @@ def _is_params(node: nodes.Node) -> bool:
 
 def _constant(node: nodes.Node) -> str | None:
     return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One job's file before it runs: its image, its variant label, the extension of its output format."""
+
+    image: str
+    variant: str
+    ext: str
+
+
+def planned_target(
+    rendered_to: str, root: str, pattern: str, files: Iterable[PlannedFile], params: Mapping[str, object]
+) -> dict[str, Any]:
+    """The run's folder and each job's file name (``{job_id}`` left in), every one checked.
+
+    ``params`` are the values the target and names read; they are checked first, so that a bad value
+    typed into the trigger form is named as such rather than as the path it produced.
+    """
+    for name in sorted(params):
+        checked_param(name, params[name])
+    folder = checked_folder(rendered_to, root)
+    names: dict[str, dict[str, str]] = {}
+    for file in files:
+        name = substituted(pattern, {"image": file.image, "variant": file.variant, "ext": file.ext})
+        checked_name(substituted(name, {"job_id": JOB_ID_STAND_IN}), reserved=(MANIFEST_NAME,))
+        names.setdefault(file.image, {})[file.variant] = name
+    unique_names(name for by_variant in names.values() for name in by_variant.values())
+    return {"folder": folder, "names": names}
