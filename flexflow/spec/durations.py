@@ -7,6 +7,7 @@ from datetime import timedelta
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SHORT = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SHORT_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 
@@ -31,7 +32,7 @@ def _parse(text: str) -> timedelta:
     if iso and text not in ("P", "PT") and not text.endswith("T"):
         days, hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
         value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    elif text and "".join(m.group(0) for m in _SHORT.finditer(text)) == text:
+    elif _SHORT_WHOLE.fullmatch(text):  # one anchored pass: finditer restarted at every digit (quadratic)
         value = timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in _SHORT.findall(text)))
     else:
         raise ValueError(f"{text!r} is not a duration; write 30s, 2m, 1h, 1h30m or ISO 8601 such as PT2M")
