@@ -101,9 +101,9 @@ def test_ids_tags_and_names_airflow_refuses_are_spec_errors(values: dict[str, st
         ({"start_date": "0001-01-01"}, "4:1: start_date: '0001-01-01T00:00:00' is outside the dates Airflow stores"),
         ({"schedule": '"0 0 30 2 *"'}, "3:1: schedule: '0 0 30 2 *' never fires: no date matches it"),
         ({"schedule": '"0 0 31 4,6,9,11 *"'}, "3:1: schedule: '0 0 31 4,6,9,11 *' never fires"),
-        ({"schedule": '"*/30 * * * *"'}, "3:1: schedule: '*/30 * * * *' fires every 30m at times; the shortest"),
-        ({"schedule": '"0,45 6 * * *"'}, "3:1: schedule: '0,45 6 * * *' fires every 45m at times"),
-        ({"schedule": '"* * * * * */5"'}, "3:1: schedule: '* * * * * */5' fires every 5s at times"),
+        ({"schedule": '"*/30 * * * *"'}, "3:1: schedule: '*/30 * * * *' starts runs 30m apart; the shortest"),
+        ({"schedule": '"0,45 6 * * *"'}, "3:1: schedule: '0,45 6 * * *' starts runs 45m apart"),
+        ({"schedule": '"* * * * * */5"'}, "3:1: schedule: '* * * * * */5' starts runs 5s apart"),
     ],
 )
 def test_dates_and_schedules_airflow_cannot_run_well_are_spec_errors(values: dict[str, str], expected: str) -> None:
@@ -119,14 +119,14 @@ def test_the_minimum_interval_is_the_deployments(monkeypatch: pytest.MonkeyPatch
     assert parse_spec(spec(schedule='"*/30 * * * *"')).schedule == "*/30 * * * *"
     monkeypatch.setenv(defaults.MIN_SCHEDULE_INTERVAL_ENV, "2h")
     assert problems(spec(schedule="'@hourly'")) == [
-        "3:1: schedule: '@hourly' fires every 1h at times; the shortest interval allowed is 2h "
+        "3:1: schedule: '@hourly' starts runs 1h apart; the shortest interval allowed is 2h "
         "(FLEXFLOW_MIN_SCHEDULE_INTERVAL)"
     ]
 
 
 def test_a_gap_across_midnight_counts_only_when_two_consecutive_days_fire(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(defaults.MIN_SCHEDULE_INTERVAL_ENV, "2h")
-    assert "fires every 1h at times" in problems(spec(schedule='"0 0,23 * * *"'))[0]
+    assert "starts runs 1h apart" in problems(spec(schedule='"0 0,23 * * *"'))[0]
     parse_spec(spec(schedule='"0 0,23 1,15 * *"'))  # the 1st and the 15th are never consecutive
     parse_spec(spec(schedule='"0 0,22 * * *"'))
 

@@ -200,7 +200,7 @@ def schedule_problem(schedule: str, minimum: timedelta) -> str | None:
     if gap is None:
         return None
     return (
-        f"'{schedule}' fires every {shown(gap)} at times; the shortest interval allowed is "
+        f"'{schedule}' starts runs {shown(gap)} apart; the shortest interval allowed is "
         f"{shown(minimum)} ({MIN_SCHEDULE_INTERVAL_ENV})"
     )
 
