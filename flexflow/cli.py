@@ -16,6 +16,7 @@ from flexflow.contract import output_size
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
+from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, deployment_limits
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
 from flexflow.errors import FlexflowError
@@ -84,6 +85,7 @@ def _plan(args: argparse.Namespace) -> int:
         print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
         return EXIT_INVALID
     price = Decimal(args.price_per_megapixel)
+    cap = deployment_limits().max_jobs_per_run  # the deployment's, which validation held the spec to
     jobs = spec.jobs()
     billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
     tasks = [
@@ -116,6 +118,7 @@ def _plan(args: argparse.Namespace) -> int:
         "tasks": tasks,
         "jobs": plan_jobs,
         "jobs_per_run": len(jobs),
+        "max_jobs_per_run": cap,
         "megapixels_per_run": spec.megapixels,
         "billed_megapixels_per_run": billed,
         "price_per_megapixel": str(price),
@@ -125,7 +128,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan, indent=2))
         return EXIT_OK
     print(f"{spec.dag_id}  ({spec.path})")
-    print(f"schedule {spec.schedule or 'manual only'} | connection {spec.connection_id} | publish {spec.publish.to}\n")
+    print(f"schedule {spec.schedule or 'manual only'} | connection {spec.connection_id} | publish {spec.publish.to}")
+    print(f"job cap: {cap} jobs per run ({MAX_JOBS_PER_RUN_ENV}); this spec makes {len(jobs)}\n")
     _table(
         ["task", "operator", "upstream", "instances"],
         [[t["task_id"], t["operator"], ", ".join(t["upstream"]) or "-", str(t["mapped"] or 1)] for t in tasks],

@@ -345,3 +345,16 @@ def test_a_folder_that_cannot_be_listed_is_a_flagged_dag(tmp_path: Path, monkeyp
     dags = load_dags(__file__, str(tmp_path))
     assert list(dags) == [FOLDER_DAG_ID]
     assert "cannot list the specs folder: [Errno 13] Permission denied" in str(dags[FOLDER_DAG_ID].doc_md)
+
+
+def test_plan_shows_the_deployments_job_cap(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flexflow.cli import main
+
+    monkeypatch.setenv(defaults.MAX_JOBS_PER_RUN_ENV, "40")
+    spec_file = Path(__file__).parent / "specs" / "valid" / "launch_plan.yaml"
+    assert main(["plan", str(spec_file)]) == 0
+    assert "job cap: 40 jobs per run (FLEXFLOW_MAX_JOBS_PER_RUN); this spec makes 6" in capsys.readouterr().out
+    assert main(["plan", str(spec_file), "--format", "json"]) == 0
+    assert '"max_jobs_per_run": 40' in capsys.readouterr().out
