@@ -28,7 +28,8 @@ from flexflow.spec.yaml_source import KeyPath
 #: The only values rendered at run time; a template anywhere else would be sent as written.
 TEMPLATED = frozenset({("images", "prompt"), ("publish", "to"), ("publish", "filename")})
 
-_JINJA_BLOCK = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
+#: An unclosed block runs to the end (a template error anyway): else each later "{{" rescans the rest, quadratic.
+_JINJA_BLOCK = re.compile(r"{{.*?(?:}}|\Z)|{%.*?(?:%}|\Z)|{#.*?(?:#}|\Z)", re.DOTALL)
 
 Finding = tuple[KeyPath, str]
 
