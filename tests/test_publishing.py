@@ -556,3 +556,76 @@ def test_a_result_that_is_not_an_image_fails_publish_and_writes_no_manifest(
     assert not (folder / MANIFEST_NAME).exists()
     assert not folder.exists() or list(folder.iterdir()) == [], "nothing was stored"
     assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
+
+
+# -- trigger-form params are values, never path syntax (tests/specs/publish/trigger_params.yaml) ---
+
+TRIGGER_ROOT = PUBLISH_ROOT / "trigger_params"
+PATH_SYNTAX = ["../../etc", "/abs", "a/b", "..", "spring\x00", "spring\nsummer"]
+
+
+def tree(folder: Path) -> list[str]:
+    """Every path under the folder, for a before/after comparison."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.fixture
+def trigger_run(
+    publish_dags: dict[str, Any], emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path
+) -> Iterator[Callable[..., tuple[Any, dict[str, tuple[str, int]]]]]:
+    """Trigger the params spec with the given params; the run and its task states. The folder is removed."""
+    dag_id = "flexflow_test_publish_trigger_params"
+
+    def run(**params: Any) -> tuple[Any, dict[str, tuple[str, int]]]:
+        dag_run = publish_dags[dag_id].test(run_conf=params)
+        return dag_run, task_states(airflow_db, dag_id, dag_run.run_id)
+
+    shutil.rmtree(TRIGGER_ROOT, ignore_errors=True)
+    TRIGGER_ROOT.mkdir(parents=True)
+    yield run
+    shutil.rmtree(TRIGGER_ROOT, ignore_errors=True)
+
+
+@pytest.mark.parametrize("value", PATH_SYNTAX, ids=["dotdot-etc", "absolute", "separator", "dotdot", "nul", "newline"])
+@pytest.mark.parametrize("param", ["campaign", "prefix"], ids=["in-folder", "in-name"])
+def test_path_syntax_in_a_trigger_param_writes_nothing_and_submits_nothing(
+    trigger_run: Callable[..., tuple[Any, dict[str, tuple[str, int]]]],
+    emulator: EmulatorServer,
+    capfd: pytest.CaptureFixture[str],
+    param: str,
+    value: str,
+) -> None:
+    (TRIGGER_ROOT / "root").mkdir()
+    around = {folder: tree(folder) for folder in (TRIGGER_ROOT, PUBLISH_ROOT)}
+    dag_run, states = trigger_run(**{param: value})
+    output = "".join(capfd.readouterr())
+
+    assert dag_run.state == "failed", states
+    assert states["prepare"] == ("failed", 1), "refused once, never retried"
+    assert f"nothing was submitted: param {param!r} is {value!r}" in output
+    for index in range(2):
+        assert states[f"card.submit[{index}]"][0] == "upstream_failed", states
+    assert states["finalize"] == ("failed", 1)
+    assert emulator.accounting()["submissions"] == 0, "a bad name never costs a job"
+    assert {folder: tree(folder) for folder in around} == around, "nothing written in or around the target"
+    assert not Path("/abs").exists() and not (PUBLISH_ROOT / "etc").exists()
+
+
+def test_a_plain_trigger_param_publishes_inside_the_target(
+    trigger_run: Callable[..., tuple[Any, dict[str, tuple[str, int]]]], emulator: EmulatorServer
+) -> None:
+    dag_run, states = trigger_run(campaign="summer 2027", prefix="card")
+    assert dag_run.state == "success", states
+    folder = TRIGGER_ROOT / "root" / "summer 2027"
+    assert tree(TRIGGER_ROOT) == sorted(
+        [
+            "root",
+            "root/summer 2027",
+            *(f"root/summer 2027/{name}" for name in ("card-card_seed-1.png", "card-card_seed-2.png", MANIFEST_NAME)),
+        ]
+    )
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert sorted(f["file"] for f in manifest["files"]) == [
+        f"file://{folder}/card-card_seed-{seed}.png" for seed in (1, 2)
+    ], "the images and the manifest in the one folder prepare rendered"
+    assert emulator.accounting()["submissions"] == 2

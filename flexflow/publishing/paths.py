@@ -97,8 +97,12 @@ def _refuse_unsafe_characters(text: str, where: str) -> None:
     if "\\" in text:
         raise PathRefused(f"{where} {text!r} has a backslash")
     for character in text:
-        if unicodedata.category(character) in _CONTROL_CATEGORIES:
+        if _is_control(character):
             raise PathRefused(f"{where} {text!r} has a control character ({character!r})")
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) in _CONTROL_CATEGORIES
 
 
 def substituted(pattern: str, values: Mapping[str, str]) -> str:
@@ -121,9 +125,10 @@ def unique_names(names: Iterable[str]) -> None:
 def checked_param(name: str, value: object) -> None:
     """A param the target or a name reads is a value, never path syntax (it may come from the trigger form)."""
     text = str(value)
-    if "/" in text or "\\" in text or ".." in text:
-        raise PathRefused(f"param {name!r} is {text!r}: a value used in a path cannot hold '/', '\\' or '..'")
-    _refuse_unsafe_characters(text, f"param {name!r}")
+    if "/" in text or "\\" in text or ".." in text or any(_is_control(character) for character in text):
+        raise PathRefused(
+            f"param {name!r} is {text!r}: a value used in a path cannot hold '/', '\\', '..' or control characters"
+        )
 
 
 def template_params(*templates: str) -> frozenset[str] | None:
