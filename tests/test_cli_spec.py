@@ -291,6 +291,7 @@ def test_pre_commit_hook(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
 
 PLAN_SPEC = ROOT / "tests" / "specs" / "valid" / "launch_plan.yaml"
 PLAN_TASKS = [
+    "prepare",
     "hero.submit",
     "hero.wait",
     "hero.publish",
@@ -321,9 +322,9 @@ def test_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].startswith("schedule manual only | connection apiframe_default | publish file:///tmp/")
     for task_id in PLAN_TASKS:
         assert re.search(rf"^{re.escape(task_id)}\s", out, re.MULTILINE), task_id
-    assert re.search(r"^hero\.submit\s+FluxFlexOperator\s+-\s+3$", out, re.MULTILINE)
+    assert re.search(r"^hero\.submit\s+FluxFlexOperator\s+prepare\s+3$", out, re.MULTILINE)
     assert re.search(
-        r"^finalize\s+FinalizeRunOperator\s+hero\.publish, square\.publish, detail\.publish\s+1$", out, re.M
+        r"^finalize\s+FinalizeRunOperator\s+prepare, hero\.publish, square\.publish, detail\.publish\s+1$", out, re.M
     )
     for image, variant, resolution, aspect, pixels in PLAN_JOBS:
         row = rf"^{image}\s+{re.escape(variant or '-')}\s+{re.escape(resolution)}\s+{aspect}\s+{pixels}\s+webp$"
@@ -344,8 +345,8 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert plan["file"] == str(PLAN_SPEC)
     assert plan["schedule"] is None
     assert [t["task_id"] for t in plan["tasks"]] == PLAN_TASKS
-    assert [t["mapped"] for t in plan["tasks"]] == [3, 3, 3, 2, 2, 2, None, None, None, None]
-    assert plan["tasks"][-1]["upstream"] == ["hero.publish", "square.publish", "detail.publish"]
+    assert [t["mapped"] for t in plan["tasks"]] == [None, 3, 3, 3, 2, 2, 2, None, None, None, None]
+    assert plan["tasks"][-1]["upstream"] == ["prepare", "hero.publish", "square.publish", "detail.publish"]
     assert [(j["image"], j["variant"], j["resolution"], j["aspect_ratio"], j["pixels"]) for j in plan["jobs"]] == (
         PLAN_JOBS
     )
@@ -372,7 +373,7 @@ def test_plan_of_every_example(capsys: pytest.CaptureFixture[str], file: Path) -
     assert plan["jobs_per_run"] == len(plan["jobs"]) == spec.job_count
     assert plan["jobs_per_run"] == sum(len(image.variants) for image in spec.images)
     assert plan["megapixels_per_run"] == spec.megapixels
-    assert len(plan["tasks"]) == 3 * len(spec.images) + 1
+    assert len(plan["tasks"]) == 3 * len(spec.images) + 2  # prepare, per image three, finalize
     assert Decimal(plan["estimated_cost_per_run"]) == 2 * plan["billed_megapixels_per_run"]
     code, text, _ = run(capsys, "plan", str(file))
     assert code == 0
