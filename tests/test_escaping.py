@@ -2,13 +2,16 @@
 
 The contact sheet is parsed with html.parser: no script element, no on* attribute, every href and src a
 file name of the run or an http(s) URL, and a Content-Security-Policy that forbids scripts and remote
-loads. The DAG docs are parsed with markdown-it (CommonMark with GFM's autolinks, as Airflow's UI
-renders them): text from a spec forms no link, image or HTML, and a spec's YAML cannot leave its fence.
+loads. The DAG docs are parsed with markdown-it (CommonMark with linkify), and each text run is searched
+with remark-gfm's address pattern (Airflow's UI renders with react-markdown and remark-gfm; the same
+documents were checked once against react-markdown 10 and remark-gfm 4): text from a spec forms no
+link but http(s), no image or HTML, and a spec's YAML cannot leave its fence.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,7 +23,15 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from flexflow.compiler.docs import broken_description, broken_doc, code_span, fenced, markdown_text, spec_doc
+from flexflow.compiler.docs import (
+    EMPTY_COMMENT,
+    broken_description,
+    broken_doc,
+    code_span,
+    fenced,
+    markdown_text,
+    spec_doc,
+)
 from flexflow.compiler.layout import task_layout
 from flexflow.publishing.contact_sheet import render_contact_sheet, visible
 from flexflow.spec import SpecProblem, load_spec, parse_spec
@@ -58,6 +69,8 @@ HOSTILE = [
     "<style>body{display:none}</style>",
     "<base href=https://evil.example/>",
     "<meta http-equiv=refresh content='0;url=javascript:alert(1)'>",
+    "write to a.b+c@d-e.example, or @team",
+    "intro\n\n    an indented a@b.example [x](javascript:alert(1))",
 ]
 
 
@@ -194,6 +207,8 @@ def test_a_manifest_with_odd_types_still_renders() -> None:
 
 # -- the DAG docs ---------------------------------------------------------------------------------
 
+#: remark-gfm's e-mail pattern (mdast-util-gfm-autolink-literal), which Airflow's UI bundle holds.
+GFM_EMAIL = re.compile(r"(?:^|(?<=[\s\W]))([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)")
 MARKDOWN = MarkdownIt("commonmark", {"linkify": True}).enable(["linkify", "table", "strikethrough"])
 
 
@@ -207,8 +222,13 @@ def tokens(document: str) -> list[Token]:
 
 
 def assert_no_link_or_html(document: str) -> None:
-    kinds = {token.type for token in tokens(document)}
-    assert not kinds & {"link_open", "image", "html_inline", "html_block"}, kinds
+    found = tokens(document)
+    kinds = {token.type for token in found}
+    assert not kinds & {"link_open", "image", "html_block"}, kinds
+    assert {t.content for t in found if t.type == "html_inline"} <= {EMPTY_COMMENT}
+    # Airflow's UI (remark-gfm) also links addresses in each text node after escapes are resolved.
+    addresses = [t.content for t in found if t.type == "text" and GFM_EMAIL.search(t.content)]
+    assert not addresses, f"would be mailto: links in Airflow's UI: {addresses}"
     assert not document.endswith(".md"), "Airflow would read it as a file name"
 
 

@@ -1,12 +1,13 @@
 """The DAG docs (``doc_md``) of a compiled spec and of a broken one, as Markdown a spec cannot break out of.
 
-Airflow 3's UI renders ``doc_md`` with react-markdown and GitHub-flavoured Markdown: raw HTML is
-skipped (``skipHtml``), but links and GFM autolinks are kept for http(s), irc(s), mailto and xmpp. So
-the docs do not lean on the UI (issue 11): text from a spec is written with every ASCII punctuation
-character backslash-escaped, so it can form no link, image, autolink, HTML or heading; values shown as
-code sit in code spans and fences longer than any backtick run inside them; characters a reader
-cannot see are shown as ``[U+XXXX]``. Airflow reads a ``doc_md`` that ends in ``.md`` as a file
-name, so every doc here ends with a newline. Nothing here imports Airflow.
+Airflow 3's UI renders ``doc_md`` with react-markdown and remark-gfm: raw HTML is skipped
+(``skipHtml``), but Markdown links are kept for http(s), irc(s), mailto and xmpp, and GFM turns URLs
+and e-mail addresses in the text into links. So the docs do not lean on the UI (issue 11): text from a
+spec is written with every ASCII punctuation character backslash-escaped, so it forms no link, image,
+HTML or heading, and no address in it becomes a mailto: or xmpp: link (only http(s) URLs are linked);
+values shown as code sit in code spans and fences longer than any backtick run inside them; characters
+a reader cannot see are shown as ``[U+XXXX]``. Airflow reads a ``doc_md`` that ends in ``.md`` as a
+file name, so every doc here ends with a newline. Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from flexflow.spec.problems import SpecProblem
 DESCRIPTION_LIMIT = 250
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 _BACKTICKS = re.compile("`+")
+#: Splits the text GFM searches for e-mail addresses (remark's autolink transform works text node by
+#: text node); it renders as nothing, and never starts a line, where it would open an HTML block.
+EMPTY_COMMENT = "<!-- -->"
+# An escaped "@" right after a character of an address's local part (itself maybe escaped).
+_EMAIL_AT = re.compile(r"(?<=[\w.+-])\\@")
 
 
 def spec_doc(spec: Spec) -> str:
@@ -54,15 +60,19 @@ def broken_description(problems: Sequence[SpecProblem]) -> str:
 
 
 def markdown_text(text: str) -> str:
-    """``text`` as Markdown that renders as exactly that text: no link, HTML, emphasis or heading.
+    """``text`` as Markdown that renders as exactly that text: no link but http(s), no HTML, emphasis or heading.
 
     CommonMark lets any ASCII punctuation be backslash-escaped, so escaping all of it (not a chosen few)
-    leaves no construct to form: ``[x](javascript:alert(1))`` and ``<script>`` stay literal, and
-    ``a@b.example`` or ``www.example.com`` become no autolink. Line breaks stay; other hidden
-    characters are shown as code points.
+    leaves no construct to form: ``[x](javascript:alert(1))`` and ``<script>`` stay literal. GFM then
+    links URLs and e-mail addresses it finds in the text, escapes resolved: http(s) and ``www.`` links
+    are allowed; an empty HTML comment (dropped by the UI) before each ``@`` that ends a word keeps
+    ``a@b.example`` from becoming a mailto: or xmpp: link. Line breaks stay; other hidden characters are
+    shown as code points; the indent of a line goes.
     """
-    lines = visible(_one_line_ending(text), keep="\n")
-    return _PUNCTUATION.sub(lambda match: "\\" + match.group(0), lines)
+    # A line indented four spaces would be a code block, showing the escapes: paragraphs need no indent.
+    lines = "\n".join(line.lstrip(" \t") for line in visible(_one_line_ending(text), keep="\n\t").split("\n"))
+    escaped = _PUNCTUATION.sub(lambda match: "\\" + match.group(0), lines)
+    return _EMAIL_AT.sub(EMPTY_COMMENT + r"\\@", escaped)
 
 
 def code_span(text: str) -> str:
