@@ -11,10 +11,12 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2 import Environment, nodes
 
 from flexflow.spec import parse_spec, templates
-from flexflow.spec.secrets import key_kind, looks_like_credential_name, secret_problems
+from flexflow.spec.secrets import KEY_SHAPES, key_kind, looks_like_credential_name, secret_problems
 from flexflow.spec.templates import (
     ALLOWED_FILTERS,
     MAX_DEPTH,
@@ -280,3 +282,17 @@ def test_messages_never_echo_the_key() -> None:
     found = list(secret_problems(data))
     assert [p.path for p in found] == [("description",), ("params",), ("params", "note"), ("tags", 0)]
     assert all(KEY.lower() not in repr(p).lower() for p in found)
+
+
+# -- any text: the checks answer, they never raise -----------------------------------------------
+
+TEMPLATE_ALPHABET = "{}%#()[]|~'\"., -*+/=!_01 abcdeikl" + "\u200b\u00ad"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=TEMPLATE_ALPHABET, max_size=120) | st.sampled_from(ACCEPTED).map(lambda t: t + "}}{%"))
+def test_any_text_gets_an_answer_never_an_exception(text: str) -> None:
+    found = problems(text)
+    assert all(isinstance(message, str) and message for message in found)
+    assert all(isinstance(run, str) for run in constant_texts(text))
+    assert key_kind(text) in {None, *(shape.kind for shape in KEY_SHAPES)}
