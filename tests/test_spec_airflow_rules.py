@@ -96,6 +96,7 @@ TIME_CASES = [
     ({"schedule": '"0 0 31 4,6,9,11 *"'}, "3:1: schedule: '0 0 31 4,6,9,11 *' never fires"),
     ({"schedule": '"*/30 * * * *"'}, "3:1: schedule: '*/30 * * * *' starts runs 30m apart; the shortest"),
     ({"schedule": '"0,45 6 * * *"'}, "3:1: schedule: '0,45 6 * * *' starts runs 45m apart"),
+    ({"schedule": '"0 6 * * * 0 2030"'}, "3:1: schedule: '0 6 * * * 0 2030' names years; a schedule repeats"),
     ({"schedule": '"* * * * * */5"'}, "3:1: schedule: '* * * * * */5' starts runs 5s apart"),
 ]
 
@@ -353,3 +354,25 @@ def test_plan_shows_the_deployments_job_cap(
     assert "job cap: 40 jobs per run (FLEXFLOW_MAX_JOBS_PER_RUN); this spec makes 6" in capsys.readouterr().out
     assert main(["plan", str(spec_file), "--format", "json"]) == 0
     assert '"max_jobs_per_run": 40' in capsys.readouterr().out
+
+
+FIELD = st.one_of(
+    st.just("*"),
+    st.integers(0, 59).map(str),
+    st.tuples(st.integers(0, 30), st.integers(1, 31)).map(lambda p: f"{p[0]}-{p[0] + p[1]}"),
+    st.integers(1, 40).map(lambda n: f"*/{n}"),
+    st.sampled_from(["L", "5#3", "MON-FRI", "JAN,JUL", "?", "1,15", "29", "31"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(FIELD, min_size=5, max_size=7).map(" ".join))
+def test_a_schedule_validation_accepts_airflow_schedules(expression: str) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    try:
+        parsed = parse_spec(spec(schedule=repr(expression)))
+    except SpecError:
+        return
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(compile_spec(parsed)))
+    assert dag.next_dagrun_info(last_automated_run_info=None) is not None, expression

@@ -53,6 +53,8 @@ PRESET_CRONS = {
 }
 #: Bounds on the work of reading a schedule: fire times walked within a day, matching days walked.
 MAX_FIRES_PER_DAY = 1441
+#: Minute hour day month weekday, and croniter's optional seconds; a seventh field (years) is refused.
+MAX_CRON_FIELDS = 6
 MAX_DAYS = 800
 _WALK_FROM = datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the next fire is the first of a whole day
 _DAY = timedelta(days=1)
@@ -193,6 +195,9 @@ def schedule_problem(schedule: str, minimum: timedelta) -> str | None:
     expression = PRESET_CRONS.get(schedule, schedule)
     if expression.startswith("@"):
         return None  # @once
+    if len(expression.split()) > MAX_CRON_FIELDS:
+        # Airflow aligns a schedule to its last fire before now: after the last year listed there is none.
+        return f"'{schedule}' names years; a schedule repeats: write minute hour day month weekday"
     try:
         gap = shortest_gap(expression, minimum)
     except CroniterBadDateError:
