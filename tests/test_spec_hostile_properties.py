@@ -23,14 +23,17 @@ import contextlib
 import copy
 import io
 import json
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
+from airflow.sdk import DAG
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +53,8 @@ TEMPLATED_PATHS = (("publish", "to"), ("publish", "filename"))
 
 #: A spec gets this long to validate; a real one takes about a millisecond.
 SPEC_DEADLINE = timedelta(seconds=2)
+#: Set by Airflow when a task runs: the loader then compiles only that DAG's spec.
+PARSING_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"
 #: The most files in one loader example; its deadline is SPEC_DEADLINE for each.
 FOLDER_FILES = 4
 
@@ -288,28 +293,54 @@ def folder_file(index: int, name: str, data: st.DataObject) -> str:
     return claim + text
 
 
+def write_folder(folder: Path, names: list[str], data: st.DataObject) -> list[Path]:
+    files = [folder / f"spec_{index}.yaml" for index in range(len(names))]
+    for index, (file, name) in enumerate(zip(files, names, strict=True)):
+        file.write_text(folder_file(index, name, data), encoding="utf-8", errors="surrogatepass")
+    return files
+
+
+def loads(file: Path) -> bool:
+    try:
+        load_spec(file)
+    except SpecError:
+        return False
+    return True
+
+
+def assert_flagged_when_invalid(dags: Mapping[str, DAG], index: int, file: Path) -> None:
+    valid = loads(file)
+    assert (INVALID_TAG not in dags[f"hostile_property_{index}"].tags) == valid, file.read_text()[:500]
+    event("a DAG" if valid else "a flagged DAG")
+
+
 @pytest.mark.usefixtures("warm_loader")
 @hostile_settings(examples=30, deadline=SPEC_DEADLINE * FOLDER_FILES)
 @given(names=st.lists(valid_names, min_size=1, max_size=FOLDER_FILES), data=st.data())
 def test_the_loader_never_raises_and_returns_one_dag_per_file(names: list[str], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        files = [Path(folder) / f"spec_{i}.yaml" for i in range(len(names))]
-        for index, (file, name) in enumerate(zip(files, names, strict=True)):
-            file.write_text(folder_file(index, name, data), encoding="utf-8", errors="surrogatepass")
+        files = write_folder(Path(folder), names, data)
         dags = load_dags(__file__, folder)
         assert sorted(dags) == sorted(f"hostile_property_{i}" for i in range(len(files)))
         for index, file in enumerate(files):
-            try:
-                load_spec(file)
-                valid = True
-            except SpecError:
-                valid = False
-            assert (INVALID_TAG not in dags[f"hostile_property_{index}"].tags) == valid, file.read_text()[:500]
-            event("a DAG" if valid else "a flagged DAG")
+            assert_flagged_when_invalid(dags, index, file)
+
+
+@pytest.mark.usefixtures("warm_loader")
+@hostile_settings(examples=15, deadline=SPEC_DEADLINE * FOLDER_FILES)
+@given(names=st.lists(valid_names, min_size=1, max_size=FOLDER_FILES), data=st.data())
+def test_a_worker_loader_never_raises_and_builds_its_dag(names: list[str], data: st.DataObject) -> None:
+    """With Airflow's parsing context naming one DAG (a task is running), that DAG is built as the scheduler has it."""
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_folder(Path(folder), names, data)
+        index = data.draw(st.integers(0, len(files) - 1), label="running")
+        with mock.patch.dict(os.environ, {PARSING_DAG_ID: f"hostile_property_{index}"}):
+            dags = load_dags(__file__, folder)
+        assert_flagged_when_invalid(dags, index, files[index])
 
 
 def test_a_spec_of_every_hostile_text_loads_or_fails_cleanly() -> None:
-    """Each hand-written hostile text in every string of a spec, one value at a time, for a plain record."""
+    """Each hand-written hostile text in every string of a valid spec, one value at a time."""
     spec = VALID[VALID_FILES[0].name]
     for path in string_paths(spec):
         for text in HOSTILE:
