@@ -10,7 +10,7 @@ values nested hundreds deep; or the whole file replaced by random YAML-ish text.
   text, nothing else (``check_outcome`` of tests/test_spec_properties.py);
 - ``flexflow validate`` exits 0 or 1, never with a traceback;
 - ``load_dags`` over a folder of mutated files never raises and returns one DAG per file, flagged
-  ``invalid`` exactly when the file is.
+  ``invalid`` exactly when the file is; with a worker's parsing context it builds the running DAG.
 
 "Bounded time" is hypothesis' own per-example ``deadline`` (generous, so a slow machine does not
 flake; a super-linear path exceeds it by orders of magnitude). Runs are deterministic
