@@ -168,6 +168,14 @@ def test_a_template_at_the_length_cap_is_a_bounded_tree() -> None:
     assert problems(densest) == (f"the template has more than {MAX_NODES:,} parts",)
 
 
+def test_a_template_of_several_lines_names_the_line() -> None:
+    assert problems("Banner\nfor {{ params.campaign }}\nby {{ var.value.x }}")[0].startswith("line 3: 'var' is not")
+    assert problems("Banner\n{% for x in y %}{% endfor %}")[0].startswith("line 2: {% for %} is not allowed")
+    assert problems("Banner\nfor {{ params.campaign\n") == (
+        "line 2: unexpected end of template, expected 'end of print statement'.",
+    )
+
+
 def test_only_the_first_problem_is_reported() -> None:
     assert len(problems("{{ conn }} {{ var }} {% for x in y %}{% endfor %}")) == 1
 
@@ -278,7 +286,7 @@ def test_a_param_named_as_a_credential_is_told_to_use_a_connection() -> None:
 
 
 def test_messages_never_echo_the_key() -> None:
-    data = {"description": KEY, "params": {KEY: 1, "note": f"x {KEY}"}, "tags": [KEY]}
+    data = {"description": KEY, "params": {f"{KEY}_secret": 1, "note": f"x {KEY}"}, "tags": [KEY]}
     found = list(secret_problems(data))
     assert [p.path for p in found] == [("description",), ("params",), ("params", "note"), ("tags", 0)]
     assert all(KEY.lower() not in repr(p).lower() for p in found)

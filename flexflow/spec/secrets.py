@@ -75,7 +75,10 @@ def _walk(value: object, path: KeyPath) -> Iterator[Finding]:
 
 
 def _key(key: str, path: KeyPath, *, params: bool) -> Iterator[Finding]:
-    if looks_like_credential_name(key):
+    if kind := key_kind(key):  # first: a key that is a credential must not be printed as a name
+        # Shown at the mapping that holds it: the key's own path would print the key.
+        yield path[:-1], f"a key here looks like {kind}; credentials belong in an Airflow connection, never in a spec"
+    elif looks_like_credential_name(key):
         where = (
             "a param is typed into the trigger form and kept with every run; read credentials from an Airflow "
             "connection instead"
@@ -84,9 +87,6 @@ def _key(key: str, path: KeyPath, *, params: bool) -> Iterator[Finding]:
             "credentials in publish.conn_id's connection"
         )
         yield path, f"'{_printable(key)}' looks like a secret; {where}"
-    elif kind := key_kind(key):
-        # Shown at the mapping that holds it: the key's own path would print the key.
-        yield path[:-1], f"a key here looks like {kind}; credentials belong in an Airflow connection, never in a spec"
 
 
 @lru_cache(maxsize=4096)

@@ -132,7 +132,7 @@ def _problems(text: str, params: frozenset[str]) -> tuple[str, ...]:
         template = parse_template(text)
     except TemplateProblem as exc:
         return (str(exc),)
-    walk = _Walk(params)
+    walk = _Walk(params, multiline="\n" in text)
     for node in template.body:
         walk.statement(node)
         if walk.problems:
@@ -149,7 +149,8 @@ def parse_template(text: str) -> nodes.Template:
     try:
         return _JINJA.parse(text)
     except TemplateSyntaxError as exc:
-        raise TemplateProblem(exc.message or "invalid template") from None
+        where = f"line {exc.lineno}: " if "\n" in text else ""
+        raise TemplateProblem(where + (exc.message or "invalid template")) from None
     except RecursionError:  # a long run of unary operators ('not not not ...'), which brackets do not show
         raise TemplateProblem(f"the template is nested more than {MAX_DEPTH} levels deep") from None
 
@@ -215,15 +216,18 @@ def _constant(node: nodes.Node) -> Iterator[str | None]:
 class _Walk:
     """One pass over a template's tree, collecting what the allow-list refuses, within a budget."""
 
-    def __init__(self, params: frozenset[str]) -> None:
+    def __init__(self, params: frozenset[str], *, multiline: bool) -> None:
         self.params = params
+        self.multiline = multiline  # a template of several lines says on which one a problem is
+        self.line = 1
         self.nodes = 0
         self.problems: list[str] = []
 
     def refuse(self, message: str) -> None:
-        self.problems.append(message)
+        self.problems.append(f"line {self.line}: {message}" if self.multiline else message)
 
     def statement(self, node: nodes.Node) -> None:
+        self.line = node.lineno
         if isinstance(node, nodes.Output):
             for child in node.nodes:
                 self.expression(child, 1)
@@ -236,6 +240,7 @@ class _Walk:
         self.nodes += 1
         if self.problems:
             return
+        self.line = node.lineno
         if self.nodes > MAX_NODES:
             self.refuse(f"the template has more than {MAX_NODES:,} parts")
         elif depth > MAX_DEPTH:
