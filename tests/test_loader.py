@@ -413,3 +413,34 @@ def test_a_missing_specs_folder_gives_no_dags_and_no_crash(tmp_path: Path, monke
 
 def test_an_empty_specs_folder_gives_no_dags(tmp_path: Path) -> None:
     assert load_dags(__file__, str(tmp_path)) == {}
+
+
+# -- (e) bounded work: the folder's cost is proportional to its specs ----------------------------
+
+
+def test_each_spec_file_is_read_once_and_compiled_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flexflow.spec.pipeline as pipeline
+    from flexflow.compiler.dag import compile_spec as real_compile
+
+    count = 40
+    write_specs(
+        tmp_path,
+        {f"s{n:02d}.yaml": VALID["alpha.yaml"].replace("loader_alpha", f"loader_{n:02d}") for n in range(count)},
+    )
+    reads: list[Path] = []
+    compiled: list[str] = []
+    real_read = pipeline.read_spec_text
+
+    def read(file: Path, *args: Any) -> bytes:
+        reads.append(file)
+        return real_read(file, *args)
+
+    def compile_spec(spec: Any) -> Any:
+        compiled.append(spec.dag_id)
+        return real_compile(spec)
+
+    monkeypatch.setattr(pipeline, "read_spec_text", read)
+    monkeypatch.setattr(loader_module, "compile_spec", compile_spec)
+    assert len(load_dags(__file__, str(tmp_path))) == count
+    assert sorted(reads) == sorted(tmp_path.glob("*.yaml")), "one read per file"
+    assert len(compiled) == count, "one compile per spec"
