@@ -9,7 +9,6 @@ the schema reports those.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -133,32 +132,79 @@ def _template(value: object, path: KeyPath, params: frozenset[str]) -> Iterator[
 
 
 def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterator[Finding]:
+    """What can be known of the target before a run; the rendered target is checked again at run time."""
     publish = data.get("publish")
     if not isinstance(publish, dict):
         return
     to = publish.get("to")
-    if isinstance(to, str) and ".." in _JINJA_BLOCK.sub("x", to).split("://", 1)[-1].split("/"):
-        yield ("publish", "to"), f"'{to}' contains '..'; the target path must stay inside its root"
+    if isinstance(to, str):
+        problem = _target_problem(to)
+        if problem:
+            yield ("publish", "to"), problem
     filename = publish.get("filename")
     if isinstance(filename, str):
-        yield from _filename(filename, images, has_variants)
+        yield from _filename(filename, images, has_variants, publish.get("manifest") is not False)
 
 
-def _filename(filename: str, images: int, has_variants: bool) -> Iterator[Finding]:
+def _target_problem(to: str) -> str | None:
+    """The literal text of ``publish.to`` (templates count as one plain name): one local or bucket folder."""
+    literal = _JINJA_BLOCK.sub("x", to)
+    scheme, _, rest = literal.partition("://")
+    if _UNSAFE_CHARACTER.search(literal):
+        return f"{to!r} contains a control character or a backslash; the target is a plain folder URL"
+    if "?" in literal or "#" in literal:
+        return f"{to!r} contains '?' or '#'; the target is a plain folder URL, without query or fragment"
+    if scheme == "file" and not (rest.startswith("/") and not rest.startswith("//")):
+        return f"{to!r} names a host; a file:// target is a local folder: write file:///folder"
+    segments = rest.rstrip("/").split("/")
+    names = segments[1:] if scheme == "file" else segments  # a local path starts at "/", a bucket's at its name
+    if ".." in names:
+        return f"{to!r} contains '..'; the target path must stay inside its root"
+    if "" in names or "." in names:
+        return f"{to!r} contains an empty or '.' path segment; write each folder once"
+    return None
+
+
+#: A brace pair in a file name pattern: a placeholder, or something str.format would have read.
+_BRACES = re.compile(r"{([^{}]*)}")
+_UNSAFE_CHARACTER = re.compile(r"[\x00-\x1f\x7f\\\u2028\u2029]")
+MAX_NAME_BYTES = 255
+MANIFEST_NAME = "manifest.json"
+
+
+def _filename(filename: str, images: int, has_variants: bool, manifest: bool) -> Iterator[Finding]:
+    """Placeholders are replaced literally at run time: ``{image}`` is one, ``{image!r}`` is refused."""
     path: KeyPath = ("publish", "filename")
     plain = _JINJA_BLOCK.sub("", filename)
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(plain) if name is not None}
-    except ValueError as exc:
-        yield path, f"'{filename}' is not a valid file name pattern: {exc}"
-        return
-    unknown = sorted(fields - set(PLACEHOLDERS))
-    if unknown:
-        allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-        yield path, f"unknown placeholder {{{unknown[0]}}}; placeholders are {allowed}"
-    elif "/" in plain or "\\" in plain:
-        yield path, "a file name cannot contain '/'; put folders in publish.to"
+    fields = set()
+    for inside in _BRACES.findall(plain):
+        problem = _placeholder_problem(inside)
+        if problem:
+            yield path, problem
+            return
+        fields.add(inside)
+    literal = _BRACES.sub("", plain)
+    if "/" in plain or "\\" in plain:
+        yield path, "a file name cannot contain '/' or '\\'; put folders in publish.to"
+    elif _UNSAFE_CHARACTER.search(plain):
+        yield path, "a file name cannot contain control characters (a newline, a tab, NUL)"
+    elif (size := len(literal.encode())) > MAX_NAME_BYTES:
+        yield path, f"a file name is at most {MAX_NAME_BYTES} bytes; this pattern's own text is {size} bytes"
+    elif manifest and plain == MANIFEST_NAME:
+        yield path, f"'{MANIFEST_NAME}' is the run's manifest; name the images otherwise (or set manifest: false)"
     elif "job_id" not in fields and (
         (images > 1 and "image" not in fields) or (has_variants and "variant" not in fields)
     ):
         yield path, "file names would collide: include {image} (several images) and {variant} (variants), or {job_id}"
+
+
+def _placeholder_problem(inside: str) -> str | None:
+    """Why ``{inside}`` is no placeholder: the names are replaced as written, with nothing to format."""
+    name = re.split(r"[!:.\[]", inside, maxsplit=1)[0]
+    if name in PLACEHOLDERS and inside != name:
+        what = {"!": "a conversion", ":": "a format spec", ".": "attribute access", "[": "index access"}
+        return f"{{{inside}}} uses {what[inside[len(name)]]}; placeholders are replaced as written: write {{{name}}}"
+    if inside not in PLACEHOLDERS:
+        allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+        return f"unknown placeholder {{{inside}}}; placeholders are {allowed}"
+    return None
