@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
+from typing import overload
 
 from flexflow.publishing.contact_sheet import visible
 from flexflow.spec.model import Spec
@@ -40,6 +41,19 @@ def spec_doc(spec: Spec) -> str:
         f"Asset {code_span(spec.publish.asset)}.\n\n"
         f"{fenced(spec.source.rstrip(), 'yaml')}"
     )
+
+
+@overload
+def plain_text(text: str) -> str: ...
+@overload
+def plain_text(text: None) -> None: ...
+def plain_text(text: str | None) -> str | None:
+    """A value Airflow shows as plain text (the description, the owner), hidden characters as code points.
+
+    The UI escapes HTML in it, but bidi overrides would still make it read differently, and a NUL is
+    a character PostgreSQL (Airflow's usual database) cannot store: writing it fails every DAG of the file.
+    """
+    return None if text is None else visible(text, keep="\n\t")
 
 
 def broken_doc(problems: Sequence[SpecProblem]) -> str:

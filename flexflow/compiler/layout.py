@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
-from flexflow.compiler.docs import spec_doc
+from flexflow.compiler.docs import plain_text, spec_doc
 from flexflow.publishing.paths import literal_prefix, template_params
 from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.templates import TEMPLATE_FILTERS
@@ -120,14 +120,14 @@ def _prepare(spec: Spec) -> PlannedTask:
 def _dag_arguments(spec: Spec) -> dict[str, Any]:
     return {
         "dag_id": spec.dag_id,
-        "description": spec.description,
+        "description": plain_text(spec.description),
         "doc_md": spec_doc(spec),
         "schedule": spec.schedule,
         "start_date": spec.start_date,
         "catchup": spec.catchup,
         "tags": [*spec.tags, FLEXFLOW_TAG],
         "params": thawed(spec.params),
-        "default_args": {"owner": spec.owner},
+        "default_args": {"owner": plain_text(spec.owner)},
         "user_defined_filters": TEMPLATE_FILTERS,  # ds_add, strftime, a bounded replace
     }
 
