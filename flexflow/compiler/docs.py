@@ -50,8 +50,8 @@ def plain_text(text: None) -> None: ...
 def plain_text(text: str | None) -> str | None:
     """A value Airflow shows as plain text (the description, the owner), hidden characters as code points.
 
-    The UI escapes HTML in it, but bidi overrides would still make it read differently, and a NUL is
-    a character PostgreSQL (Airflow's usual database) cannot store: writing it fails every DAG of the file.
+    The UI escapes HTML in it, but bidi overrides would still make it read differently, and a NUL is a
+    character PostgreSQL (Airflow's usual database) cannot store, in a write shared by the file's DAGs.
     """
     return None if text is None else visible(text, keep="\n\t")
 
