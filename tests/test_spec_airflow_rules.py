@@ -235,11 +235,12 @@ def test_a_limit_that_does_not_read_keeps_the_default(monkeypatch: pytest.Monkey
         {"start_date": "1970-01-01", "schedule": "'@yearly'"},
         {"start_date": "2037-12-31", "schedule": "'@daily'"},
         {"schedule": '"0 0 29 2 *"'},
+        {"start_date": "'2026-11-01T06:00:00+05:30'", "schedule": '"30 6 * * 1-5"'},
         {"schedule": '"0 * * * *"', "tags": f"[{'t' * 100}, équipe]"},
         {"name": "finalize_v2", "asset": "x-own://anything goes here"},
         {"variants": "{seed: [" + ", ".join(map(str, range(1, 501))) + "]}"},
     ],
-    ids=["longest-id", "earliest", "latest", "leap-day", "hourly", "names", "job-cap"],
+    ids=["longest-id", "earliest", "latest", "leap-day", "offset", "hourly", "names", "job-cap"],
 )
 def test_a_spec_validation_accepts_compiles_serializes_and_gets_a_next_run(values: dict[str, str]) -> None:
     from airflow.serialization.serialized_objects import DagSerialization
