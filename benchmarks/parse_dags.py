@@ -280,6 +280,7 @@ def handwritten_source(specs: Sequence[Spec], plans: Sequence[Layout]) -> str:
         dag = {key: _py(value) for key, value in task_layout(spec).dag_arguments.items()}
         out += ["", _call("", "with DAG", dag) + f" as dag_{number:04d}:"]
         variables: dict[str, str] = {}
+        out += _py_task("    ", plan.prepare, variables)
         for group in plan.groups:
             out += _py_group(group, variables)
         out += _py_task("    ", plan.finalize, variables)
@@ -398,7 +399,7 @@ def factory_config(spec: Spec, plan: Layout) -> dict[str, Any]:
         config["start_date"] = spec.start_date.isoformat()
     ids = {task.task_id: factory_id(task) for task in plan.tasks}
     names = {task.task_id: factory_name(task) for task in plan.tasks}
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, Any] = {names[plan.prepare.task_id]: _factory_task(plan.prepare, None, None, ids, names)}
     for group in plan.groups:
         for task in group.tasks:
             tasks[names[task.task_id]] = _factory_task(task, group.group_id, group.variants, ids, names)
