@@ -19,19 +19,22 @@ from typing import Any
 import httpx2
 import pytest
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 
 from flexflow.client import FluxClient
 from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
 from flexflow.publishing.download import MAX_REDIRECTS, DownloadError, download_image
-from flexflow.publishing.operators import MANIFEST_NAME
+from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator
 from flexflow.publishing.paths import (
     PathRefused,
+    PlannedFile,
     checked_folder,
     checked_name,
     checked_param,
     literal_prefix,
+    planned_target,
     substituted,
     template_params,
     unique_names,
@@ -189,6 +192,50 @@ def test_the_params_a_template_reads_are_found() -> None:
     assert template_params("file:///srv/{{ params | tojson }}") is None, "params read whole: every param counts"
     assert template_params("file:///srv/{{ params[name] }}") is None
     assert template_params("file:///srv/{% for p in params %}{{ p }}{% endfor %}") is None
+
+
+FILES = [
+    PlannedFile("hero", "", "png"),
+    PlannedFile("story", "_seed-1", "webp"),
+    PlannedFile("story", "_seed-2", "webp"),
+]
+
+
+def test_the_run_target_is_rendered_once_with_every_name() -> None:
+    target = planned_target(
+        "file:///srv/assets/x/", "file:///srv/assets/", "{image}{variant}-{job_id}.{ext}", FILES, {}
+    )
+    assert target == {
+        "folder": "file:///srv/assets/x",
+        "names": {
+            "hero": {"": "hero-{job_id}.png"},
+            "story": {"_seed-1": "story_seed-1-{job_id}.webp", "_seed-2": "story_seed-2-{job_id}.webp"},
+        },
+    }, "{job_id} stays for publish, which knows the job"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "params", "reason"),
+    [
+        ("{image}.{ext}", {}, "two images of the run would be written to 'story.webp'"),
+        ("manifest.json", {}, "'manifest.json' is reserved"),
+        ("x" * 215 + "{job_id}.{ext}", {}, "a name of 256 bytes"),
+        ("{image}{variant}.{ext}", {"campaign": "../x"}, "param 'campaign' is '../x'"),
+    ],
+)
+def test_a_bad_run_target_is_refused_before_anything_is_submitted(
+    pattern: str, params: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(PathRefused, match=re.escape(reason)):
+        planned_target("file:///srv/assets/x", "file:///srv/assets/", pattern, FILES, params)
+
+
+def test_a_final_name_is_checked_again_with_the_job_id() -> None:
+    name = PublishImageOperator._name
+    assert name("hero-{job_id}.png", "0b6c", None) == "hero-0b6c.png"
+    assert name("hero-{job_id}.png", "0b6c", 2) == "hero-0b6c-2.png", "a job's several images are numbered"
+    with pytest.raises(AirflowFailException, match=re.escape("(the job id the API returned); nothing was written")):
+        name("hero-{job_id}.png", "../../etc/x", None)
 
 
 # -- download_image over the emulator ------------------------------------------------------------
