@@ -20,16 +20,20 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from jinja2 import nodes
 
 from flexflow.emulator import EmulatorServer
 from flexflow.emulator import app as emulator_app
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.publishing.operators import MANIFEST_NAME
+from flexflow.spec import load_spec
 from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.templates import ALLOWED_FILTERS, RUN_VALUES, parse_template
 from tests.airflow_helpers import load_module, task_states
 from tests.conftest import AIRFLOW_HOME, ROOT, SECRET_KEY
 
 DAG_ID = "flexflow_test_secrets_hunt"
+HUNT_SPEC = ROOT / "tests/specs/secrets_hunt/accepted_templates.yaml"
 TARGET = Path("/tmp/flexflow-test-hunt")
 
 
@@ -65,6 +69,18 @@ def test_the_hunt_finds_the_key_however_it_is_encoded() -> None:
     ):
         assert leaks(text.encode()), text
     assert not leaks(b"afk_flexflow_emulator_test_key and other text")
+
+
+def test_the_hunt_runs_every_accepted_name_filter_and_example_prompt() -> None:
+    spec = load_spec(HUNT_SPEC)
+    templates = [image.prompt for image in spec.images] + [spec.publish.to, spec.publish.filename]
+    trees = [parse_template(text) for text in templates]
+    names = {node.name for tree in trees for node in tree.find_all(nodes.Name)}
+    filters = {node.name for tree in trees for node in tree.find_all(nodes.Filter)}
+    assert {*RUN_VALUES, "params"} == names
+    assert set(ALLOWED_FILTERS) == filters
+    examples = {image.prompt for file in (ROOT / "specs").glob("*.yaml") for image in load_spec(file).images}
+    assert examples <= {image.prompt for image in spec.images}
 
 
 @pytest.fixture
@@ -119,7 +135,8 @@ def test_after_every_accepted_template_ran_the_key_is_nowhere(
     assert all("{{" not in prompt for image, prompt in prompts.items() if image != "raw_block")
 
     bodies = [job.body for job in emulator.state.jobs.values()]
-    assert len(bodies) == 6 and {body["prompt"] for body in bodies} == set(prompts.values())
+    assert len(bodies) == load_spec(HUNT_SPEC).job_count
+    assert {body["prompt"] for body in bodies} == set(prompts.values())
     headers = [{k: v for k, v in h.items() if k.lower() != "x-api-key"} for h in received_headers]
     assert received_headers and all(h.get("x-api-key") == SECRET_KEY for h in received_headers), "the key was used"
 
@@ -133,7 +150,7 @@ def test_after_every_accepted_template_ran_the_key_is_nowhere(
         haystacks[str(file)] = file.read_bytes()
     assert any(name.endswith(MANIFEST_NAME) for name in haystacks)
     # The hunt looks where the run wrote: the database (and its journal) holds the run's rendered prompts.
-    assert any(prompts["examples"].encode() in haystacks[str(file)] for file in files_under(AIRFLOW_HOME))
+    assert any(prompts["example_7"].encode() in haystacks[str(file)] for file in files_under(AIRFLOW_HOME))
     assert DAG_ID in output
     found = {name: leaks(haystack) for name, haystack in haystacks.items() if leaks(haystack)}
     assert found == {}, f"the API key was found in {sorted(found)}"
