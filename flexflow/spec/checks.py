@@ -1,6 +1,7 @@
 """Checks beyond the schema: what JSON Schema cannot say about a spec.
 
-Secrets (a spec holds none), templates (valid Jinja, and only where rendered), the schedule (cron,
+Secrets (a spec holds none: :mod:`flexflow.spec.secrets`), templates (only where rendered, and within
+the allow-list of :mod:`flexflow.spec.templates`), the schedule (cron,
 presets, a start date), durations, unique image names, and publishing (a target inside its root,
 file names that cannot collide). Each check reads the raw data and skips values of the wrong type:
 the schema reports those.
