@@ -287,11 +287,12 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     assert claimed_dag_id(huge) is None
 
 
-def test_symlinked_folders_are_not_walked(tmp_path: Path) -> None:
+def test_symlinked_and_hidden_folders_and_hidden_files_are_not_walked(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(spec())
     os.symlink(tmp_path, tmp_path / "loop")  # a cycle, if it were followed
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "b.yaml").write_text(spec())
+    os.symlink(tmp_path / "gone", tmp_path / ".#a.yaml")  # an editor's lock file
     assert find_spec_files([tmp_path]) == [tmp_path / "a.yaml"]
 
 

@@ -28,8 +28,8 @@ def find_spec_files(paths: Iterable[str | Path]) -> list[Path]:
 
     Work stays proportional to the folder: symlinked folders are not descended into (no cycles, no
     trees outside it) and neither are hidden ones (``.git``; a Kubernetes ConfigMap's ``..data``
-    copies). Every other entry with a spec suffix is listed, a FIFO or device too: loading flags it
-    without reading it (:func:`flexflow.spec.pipeline.read_spec_text`).
+    copies); hidden files are skipped. Every other entry with a spec suffix is listed, a FIFO or
+    device too: loading flags it without reading it (:func:`flexflow.spec.pipeline.read_spec_text`).
     """
     found: set[Path] = set()
     for path in map(Path, paths):
@@ -43,7 +43,8 @@ def find_spec_files(paths: Iterable[str | Path]) -> list[Path]:
 def _spec_entries(folder: Path) -> Iterator[Path]:
     for root, folders, files in os.walk(folder, followlinks=False):
         folders[:] = [name for name in folders if not name.startswith(".")]
-        yield from (Path(root, name) for name in files if name.endswith(SPEC_SUFFIXES))
+        # Hidden files too: editors' lock files (``.#spec.yaml``, a dangling symlink) are no specs.
+        yield from (Path(root, name) for name in files if name.endswith(SPEC_SUFFIXES) and not name.startswith("."))
 
 
 @dataclass(frozen=True)
