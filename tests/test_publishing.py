@@ -36,11 +36,11 @@ from flexflow.publishing.paths import (
     literal_prefix,
     planned_target,
     substituted,
-    template_params,
     unique_names,
 )
 from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.checks import template_params
 from tests.airflow_helpers import load_module, rows, task_states, xcom
 from tests.conftest import ROOT, flux_request
 

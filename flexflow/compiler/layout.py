@@ -17,7 +17,8 @@ from typing import Any
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.compiler.docs import plain_text, spec_doc
-from flexflow.publishing.paths import literal_prefix, template_params
+from flexflow.publishing.paths import literal_prefix
+from flexflow.spec.checks import template_params
 from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.templates import TEMPLATE_FILTERS
 

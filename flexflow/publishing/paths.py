@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from jinja2 import Environment, nodes
+from flexflow.spec.checks import PATH_SYNTAX_RULE, has_path_syntax
 
 #: The file the run writes beside its images; no image may take its name.
 MANIFEST_NAME = "manifest.json"
@@ -28,7 +28,6 @@ _PLACEHOLDER = re.compile(r"\{(image|variant|ext|job_id)\}")
 _TEMPLATE_START = re.compile(r"{{|{%|{#")
 #: Unicode categories no path may hold: controls (NUL, newline, ...), line and paragraph separators.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
-_PARSER = Environment(autoescape=False)  # noqa: S701 - parses templates to find the params they read
 
 
 class PathRefused(ValueError):
@@ -124,42 +123,8 @@ def unique_names(names: Iterable[str]) -> None:
 
 def checked_param(name: str, value: object) -> None:
     """A param the target or a name reads is a value, never path syntax (it may come from the trigger form)."""
-    text = str(value)
-    if "/" in text or "\\" in text or ".." in text or any(_is_control(character) for character in text):
-        raise PathRefused(
-            f"param {name!r} is {text!r}: a value used in a path cannot hold '/', '\\', '..' or control characters"
-        )
-
-
-def template_params(*templates: str) -> frozenset[str] | None:
-    """The params the templates read (``params.x``, ``params['x']``); None when they read ``params`` whole."""
-    used: set[str] = set()
-    for template in templates:
-        tree = _PARSER.parse(template)
-        uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == "params")
-        keys = [_key(node) for node in _lookups(tree) if _is_params(node.node)]
-        if uses != len(keys) or None in keys:
-            return None  # params passed on whole (a filter, a loop): every param counts
-        used.update(key for key in keys if key is not None)
-    return frozenset(used)
-
-
-def _lookups(tree: nodes.Template) -> Iterator[nodes.Getattr | nodes.Getitem]:
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if isinstance(node, nodes.Getattr | nodes.Getitem):
-            yield node
-
-
-def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
-    return node.attr if isinstance(node, nodes.Getattr) else _constant(node.arg)
-
-
-def _is_params(node: nodes.Node) -> bool:
-    return isinstance(node, nodes.Name) and node.name == "params"
-
-
-def _constant(node: nodes.Node) -> str | None:
-    return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
+    if has_path_syntax(value):
+        raise PathRefused(f"param {name!r} is {str(value)!r}: {PATH_SYNTAX_RULE}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from croniter import croniter
+from jinja2 import nodes
 
 from flexflow.contract.schema import Problem
 from flexflow.defaults import deployment_limits
@@ -22,7 +23,7 @@ from flexflow.spec.airflow_rules import schedule_problem, start_date_problem
 from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
 from flexflow.spec.secrets import secret_problems as secret_problems  # the pipeline's first check
-from flexflow.spec.templates import template_problems
+from flexflow.spec.templates import TemplateProblem, parse_template, template_problems
 from flexflow.spec.yaml_source import KeyPath
 
 #: The only values rendered at run time; a template anywhere else would be sent as written.
@@ -145,6 +146,56 @@ def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterat
     filename = publish.get("filename")
     if isinstance(filename, str):
         yield from _filename(filename, images, has_variants, publish.get("manifest") is not False)
+    yield from _path_params(data, [t for t in (to, filename) if isinstance(t, str)])
+
+
+#: Why a param's value may not be part of a path.
+PATH_SYNTAX_RULE = "a value used in a path cannot hold '/', '\\', '..' or control characters"
+_PATH_SYNTAX = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]|\.\.")
+
+
+def has_path_syntax(value: object) -> bool:
+    """Whether a param's value, rendered into a path, would be path syntax rather than a name."""
+    return bool(_PATH_SYNTAX.search(str(value)))
+
+
+def _path_params(data: Mapping[str, Any], templates: list[str]) -> Iterator[Finding]:
+    """A param's own value that the target or the file name reads is checked as the trigger form's would be."""
+    params = data.get("params")
+    if not isinstance(params, dict):
+        return
+    try:
+        used = template_params(*templates)
+    except TemplateProblem:
+        return  # the template check reports it
+    for name, value in params.items():
+        if (used is None or name in used) and has_path_syntax(value):
+            yield ("params", name), f"is used in publish.to or publish.filename; {PATH_SYNTAX_RULE}"
+
+
+def template_params(*templates: str) -> frozenset[str] | None:
+    """The params the templates read (``params.x``, ``params['x']``); None when they read ``params`` whole."""
+    used: set[str] = set()
+    for template in templates:
+        tree = parse_template(template)
+        uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == "params")
+        keys = [_param_key(node) for node in tree.find_all((nodes.Getattr, nodes.Getitem))]
+        read = [key for key in keys if key is not None]
+        if uses != len(read) or "" in read:
+            return None  # params passed on whole (a filter, a loop, a computed key): every param counts
+        used.update(read)
+    return frozenset(used)
+
+
+def _param_key(node: nodes.Node) -> str | None:
+    """``x`` of ``params.x`` or ``params['x']``; "" for ``params[<expression>]``; None for other lookups."""
+    if not (isinstance(node, nodes.Getattr | nodes.Getitem) and isinstance(node.node, nodes.Name)):
+        return None
+    if node.node.name != "params":
+        return None
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else ""
 
 
 def _target_problem(to: str) -> str | None:
