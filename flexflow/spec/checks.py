@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from croniter import croniter
@@ -173,6 +174,7 @@ def _path_params(data: Mapping[str, Any], templates: list[str]) -> Iterator[Find
             yield ("params", name), f"is used in publish.to or publish.filename; {PATH_SYNTAX_RULE}"
 
 
+@lru_cache(maxsize=4096)  # the compiler asks again each time Airflow parses the DAG file
 def template_params(*templates: str) -> frozenset[str] | None:
     """The params the templates read (``params.x``, ``params['x']``); None when they read ``params`` whole."""
     used: set[str] = set()
