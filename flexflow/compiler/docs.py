@@ -21,7 +21,7 @@ from flexflow.publishing.contact_sheet import visible
 from flexflow.spec.model import Spec
 from flexflow.spec.problems import SpecProblem
 
-#: Airflow's limit on a DAG's description.
+#: The longest description of a broken spec's DAG: the first problem, cut to fit one line of the DAG list.
 DESCRIPTION_LIMIT = 250
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 _BACKTICKS = re.compile("`+")
