@@ -258,7 +258,7 @@ def test_a_yaml_with_backtick_fences_stays_inside_its_fence(backticks: int) -> N
     assert_no_link_or_html(document)
 
 
-def test_the_spec_doc_escapes_the_description_and_keeps_the_yaml_whole(tmp_path: Path) -> None:
+def test_the_spec_doc_escapes_the_description_and_keeps_the_yaml_whole() -> None:
     description = "[x](javascript:alert(1)) <img src=x onerror=alert(1)> ``` a@b.example \u202eevil"
     source = SPEC.read_text() + "# ````\n# ```yaml\n# </code><script>alert(1)</script>\n"
     spec = replace(load_spec(SPEC), description=description, source=source, path="a`b``c.yaml")
