@@ -105,7 +105,7 @@ def test_the_graph_shows_each_image_as_a_task_group(page: Page, deployment: Depl
     page.get_by_role("button", name="Show Graph (Press g)").click()
     expect(page.locator(".react-flow__node", has_text="Task Group")).to_have_count(2)
     # A mapped task group (the tile's variants, one chain each) is labelled with its mapping, "[ ]".
-    assert sorted(graph_nodes(page)) == ["finalize", "poster", "tile [ ]"]
+    assert sorted(graph_nodes(page)) == ["finalize", "poster", "prepare", "tile [ ]"]
     screenshot(page, "graph-collapsed")
 
     page.get_by_role("button", name="Expand all task groups").click()
