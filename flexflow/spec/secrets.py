@@ -39,7 +39,15 @@ class KeyShape(NamedTuple):
 KEY_SHAPES = (
     KeyShape("an Apiframe API key", re.compile(r"afk_[a-z0-9_]{4,}"), compact=True),
     KeyShape("a private key", re.compile(r"-----begin[a-z]{0,20}privatekey"), compact=True),
-    KeyShape("a JSON web token", re.compile(r"eyj[a-z0-9_-]{10,}\.eyj[a-z0-9_-]{10,}\."), compact=True),
+    # Starts only where a run of token characters starts, once a possessive look-ahead saw the shape: from
+    # each "eyj" of a long run the plain pattern rescanned the run (quadratic); same texts match.
+    KeyShape(
+        "a JSON web token",
+        re.compile(
+            r"(?<![a-z0-9_-])(?=[a-z0-9_-]*+\.eyj[a-z0-9_-]{10,}+\.)[a-z0-9_-]*?eyj[a-z0-9_-]{10,}\.eyj[a-z0-9_-]{10,}\."
+        ),
+        compact=True,
+    ),
     KeyShape("an AWS access key id", re.compile(r"(?<![a-z0-9])akia[a-z0-9]{16}"), needs_digit=True),
     KeyShape("a secret API key (sk-...)", re.compile(r"(?<![a-z0-9])sk-[a-z0-9_-]{20,}"), needs_digit=True),
     KeyShape("a Stripe secret key", re.compile(r"(?<![a-z0-9])[rs]k_(?:live|test)_[a-z0-9]{10,}")),
