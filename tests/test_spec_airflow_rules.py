@@ -6,6 +6,7 @@ message, the edge itself is accepted and Airflow builds, serializes and schedule
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -378,3 +379,20 @@ def test_a_schedule_validation_accepts_airflow_schedules(expression: str) -> Non
         return
     dag = DagSerialization.from_dict(DagSerialization.to_dict(compile_spec(parsed)))
     assert dag.next_dagrun_info(last_automated_run_info=None) is not None, expression
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"dag_id": "rules_demo\ndescription: '" + "eyj" * 100_000 + "'"},  # a JSON-web-token shape, never closed
+        {"asset": "flexflow://x\n  filename: '" + "{{" * 150_000 + "'"},  # Jinja blocks, never closed
+        {"dag_id": "rules_demo\ndefaults:\n  retry_delay: '" + "1" * 300_000 + "'"},  # a duration, no unit
+    ],
+    ids=["token-run", "open-braces", "digit-run"],
+)
+def test_no_regular_expression_is_super_linear_on_spec_text(values: dict[str, str]) -> None:
+    """300 kB of each bait: linear work takes well under a second, the quadratic patterns took hours."""
+    started = time.perf_counter()
+    with contextlib.suppress(SpecError):
+        parse_spec(spec(**values))
+    assert time.perf_counter() - started < 5
