@@ -33,8 +33,9 @@ from flexflow.compiler.docs import (
     spec_doc,
 )
 from flexflow.compiler.layout import task_layout
-from flexflow.publishing.contact_sheet import render_contact_sheet, visible
+from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import SpecProblem, load_spec, parse_spec
+from flexflow.text import visible
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "spring_social_refresh.yaml"

@@ -13,6 +13,7 @@ PACKAGE = ROOT / "flexflow"
 #: Bottom to top. A module may import its own layer and any layer before it in this list.
 LAYERS = [
     "errors",
+    "text",
     "contract",
     "defaults",
     "client",

@@ -299,3 +299,18 @@ def test_bad_param_name_points_at_the_key() -> None:
 
 def test_the_valid_base_of_the_generated_cases_is_valid() -> None:
     assert parse_spec(_spec_text()).dag_id == "generated"
+
+
+def test_control_characters_from_the_spec_are_spelled_out_in_messages_and_excerpts(tmp_path: Path) -> None:
+    """An escape sequence in a key must not clear a terminal or forge a CI log line when the problem is shown."""
+    from flexflow.spec.report import render_text
+
+    spec = tmp_path / "escape.yaml"
+    spec.write_text(
+        'version: 1\ndag_id: escape_demo\n"bad\\e[2Jkey": 1\nimages: [{name: a, prompt: p}]\npublish: {to: "file:///tmp/x"}\n'
+    )
+    problems = problems_of(spec)
+    shown = render_text(problems, color=False)
+    assert "\x1b" not in shown
+    assert "[U+001B]" in shown
+    assert all("\x1b" not in str(p) for p in problems)

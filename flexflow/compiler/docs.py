@@ -17,9 +17,9 @@ import string
 from collections.abc import Sequence
 from typing import overload
 
-from flexflow.publishing.contact_sheet import visible
 from flexflow.spec.model import Spec
 from flexflow.spec.problems import SpecProblem
+from flexflow.text import visible
 
 #: The longest description of a broken spec's DAG: the first problem, cut to fit one line of the DAG list.
 DESCRIPTION_LIMIT = 250

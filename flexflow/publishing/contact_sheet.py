@@ -13,10 +13,10 @@ import hashlib
 import html
 import json
 import re
-import unicodedata
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from flexflow.text import visible
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}
@@ -30,28 +30,9 @@ code{font-size:.75rem;word-break:break-all}
 """
 # The one inline style is allowed by its hash, so an injected <style> (were escaping ever to fail) is not.
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
-#: Unicode categories a reader cannot see: controls, formats (bidi overrides, zero-width, tag characters),
-#: surrogates, private use, line and paragraph separators.
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 # An http(s) origin goes into the policy as a source expression: only a plain host[:port] may, so a URL
 # cannot smuggle `;` or a space into it and add directives of its own.
 _ORIGIN = re.compile(r"https?://[a-z0-9.-]+(?::\d{1,5})?", re.IGNORECASE)
-
-
-def visible(text: str, keep: str = "") -> str:
-    """``text`` with every character a reader cannot see (except those in ``keep``) written as ``[U+XXXX]``.
-
-    Bidi overrides and zero-width characters make a value read differently from what it is (the
-    "Trojan Source" trick); shown as code points, they cannot.
-    """
-    if (text.translate(_deleting(keep)) if keep else text).isprintable():
-        return text  # the common case, found by C code: a spec's whole YAML in microseconds
-    return "".join(f"[U+{ord(c):04X}]" if c not in keep and unicodedata.category(c) in _HIDDEN else c for c in text)
-
-
-@lru_cache(maxsize=8)
-def _deleting(characters: str) -> dict[int, int | None]:
-    return str.maketrans("", "", characters)
 
 
 def render_contact_sheet(manifest: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from flexflow.errors import FlexflowError
 from flexflow.spec.yaml_source import KeyPath, Positions
+from flexflow.text import visible
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ def locate(file: str, positions: Positions, path: KeyPath, message: str) -> Spec
     key = next((part for part in reversed(path) if isinstance(part, str)), None)
     if key and message.startswith(f"{key} "):
         message = message[len(key) + 1 :]  # "guidance must be ..." under the key guidance
-    return SpecProblem(file, line, column, message if not dotted else f"{dotted}: {message}", dotted)
+    # Keys and values quoted in a message come from the spec: their control characters are spelled out.
+    shown = visible(message if not dotted else f"{dotted}: {message}")
+    return SpecProblem(file, line, column, shown, visible(dotted))
 
 
 def dotted_path(path: KeyPath) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from flexflow.spec.problems import SpecProblem
+from flexflow.text import visible
 
 RED, BOLD, DIM, RESET = "\033[31m", "\033[1m", "\033[2m", "\033[0m"
 
@@ -29,7 +30,7 @@ def render_text(problems: Sequence[SpecProblem], color: bool) -> str:
             lines.append(f"{location}: {problem.message}")
         source = sources.setdefault(problem.file, _read_lines(problem.file))
         if 0 < problem.line <= len(source):
-            text = source[problem.line - 1].rstrip("\n")
+            text = visible(source[problem.line - 1].rstrip("\n"))
             gutter = f"{problem.line:>5} | "
             caret = " " * (len(gutter) + problem.column - 1) + "^"
             lines.append(f"{DIM}{gutter}{RESET}{text}" if color else f"{gutter}{text}")
