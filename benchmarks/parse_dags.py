@@ -100,6 +100,7 @@ from flexflow.compiler.dag import OPERATORS
 from flexflow.compiler.layout import FromTask, FromVariant, Layout, PlannedGroup, PlannedTask, task_layout
 from flexflow.spec.folder import load_folder
 from flexflow.spec.model import Spec
+from flexflow.spec.templates import TEMPLATE_FILTERS
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -185,6 +186,8 @@ def operator_path(name: str) -> str:
 
 def _py(value: Any) -> str:
     """A Python literal, as someone would type it."""
+    if value is TEMPLATE_FILTERS:  # the DAG's template filters: a hand-written file imports them too
+        return "TEMPLATE_FILTERS"
     if isinstance(value, timedelta):
         return f"timedelta(seconds={value.total_seconds():g})"
     if isinstance(value, datetime):
@@ -273,6 +276,7 @@ def handwritten_source(specs: Sequence[Spec], plans: Sequence[Layout]) -> str:
         "from airflow.sdk import DAG, TaskGroup, task_group",
         "from airflow.sdk.definitions.xcom_arg import XComArg",
         "",
+        "from flexflow.spec.templates import TEMPLATE_FILTERS",
         *(f"from {module} import {', '.join(sorted(names))}" for module, names in sorted(modules.items())),
         "",
     ]
@@ -343,7 +347,9 @@ def _factory_template(
         if variants is None:
             raise ValueError(f"{task.task_id}: a variant field outside a mapped group")
         return f"{{{{ {[record[value.field] for record in variants]!r}[ti.map_index] }}}}"
-    index = "" if variants is None else ", map_indexes=ti.map_index"
+    # A mapped instance reads its own upstream instance; a task outside the group (prepare) has one.
+    same_group = variants is not None and value.task_id.startswith(f"{task.image}.")
+    index = ", map_indexes=ti.map_index" if same_group else ""
     return f"{{{{ ti.xcom_pull(task_ids='{ids[value.task_id]}', key='{value.key}'{index}) }}}}"
 
 
@@ -668,6 +674,9 @@ FACTORY_EXPLAINED = {
     "publish.job": "as wait.job_id (mapped: expand over '<wait>.output')",
     "publish.request": "the submit's XCom under key 'request': dag-factory's '.output' is return_value only, so a "
     "Jinja xcom_pull(key='request') template (mapped: map_indexes=ti.map_index)",
+    "publish.target": "the prepare task's result (the run's folder and file names): a Jinja xcom_pull template "
+    "(dag-factory passes no XComArg to an operator argument)",
+    "finalize.target": "as publish.target",
     "publish.variant": "the variant record's label: a task maps over one argument (two are a cross product), so a "
     "Jinja template indexing the labels by ti.map_index",
 }
