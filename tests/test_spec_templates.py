@@ -75,7 +75,6 @@ def test_every_filter_is_accepted_and_registered_or_jinjas() -> None:
         ("{{ ti.xcom_pull() }}", "'ti' is not allowed (it is the task instance)"),
         ("{{ task_instance.hostname }}", "'task_instance' is not allowed"),
         ("{{ macros.ds_add(ds, 1) }}", "'macros' is not allowed (use the filters ds_add and strftime)"),
-        ("{{ dag_id }}", "'dag_id' is not allowed"),
         ("{{ params.__class__ }}", "params.__class__ is not declared; the declared params are campaign, discount"),
         ("{{ params['budget'] }}", "params.budget is not declared"),
         ("{{ params[ds] }}", "params[...] takes a quoted param name"),

@@ -130,6 +130,7 @@ def _dag_arguments(spec: Spec) -> dict[str, Any]:
         "params": thawed(spec.params),
         "default_args": {"owner": plain_text(spec.owner)},
         "user_defined_filters": TEMPLATE_FILTERS,  # ds_add, strftime, a bounded replace
+        "user_defined_macros": {"dag_id": spec.dag_id},  # Airflow 3's task context has no dag_id
     }
 
 

@@ -35,9 +35,9 @@ MAX_NODES = 500
 #: Longest text a filter of :data:`TEMPLATE_FILTERS` returns: ``replace`` cannot blow a value up.
 MAX_RENDERED_CHARS = 100_000
 
-#: The run's values a template may name: plain strings and dates of Airflow's task context. Left out:
-#: objects that lead anywhere by attribute (dag, dag_run, task, ti, conn, var, macros, outlets...)
-#: and ``dag_id``, which is not in Airflow 3's context at all (write the spec's own dag_id as text).
+#: The run's values a template may name: plain strings and dates of Airflow's task context, and
+#: ``dag_id`` (not in Airflow 3's context: the compiled DAG supplies it as a user-defined macro). Left
+#: out: objects that lead anywhere by attribute (dag, dag_run, task, ti, conn, var, macros, outlets...).
 RUN_VALUES = (
     "ds",
     "ds_nodash",
@@ -47,6 +47,7 @@ RUN_VALUES = (
     "data_interval_start",
     "data_interval_end",
     "run_id",
+    "dag_id",
 )
 #: Names a template author is likely to try, with why each is refused.
 REFUSED_NAMES = {
