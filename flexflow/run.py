@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +33,8 @@ BUNDLE_FILE = DAG_FILE_NAME
 RESULT_FILE = "last-run.json"
 #: The embedded emulator's jobs: quick, but slow enough to see them queue and process.
 DEMO_EMULATOR = EmulatorConfig(queue_seconds=0.5, processing_seconds=2.0)
+#: How a task's failure reads in Airflow's log: the exception's class, then its message, on one line.
+_FAILURE = re.compile(r"\b(?:AirflowFailException|AirflowException|AirflowSensorTimeout|DownloadError): ([^\n]+)")
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ def _report(home: RunHome, spec: Spec, log_file: Path) -> int:
             result.get("run_id", ""),
         ):
             print(f"  {task_id}{'' if map_index < 0 else f'[{map_index}]'}: {state}")
+        for reason in _failure_reasons(log_file.read_text(errors="replace")):
+            print(f"  why: {reason}")
         print(f"Airflow's log of the run: {log_file}")
         return 1
     [(value,)] = _query(
@@ -203,6 +208,12 @@ def _report(home: RunHome, spec: Spec, log_file: Path) -> int:
     sheet.write_text(render_contact_sheet(manifest))
     print(f"\nmanifest:      {manifest_path}\ncontact sheet: {sheet}\nAirflow's log: {log_file}")
     return 0
+
+
+def _failure_reasons(log: str, most: int = 5) -> list[str]:
+    """The messages tasks failed with, first seen first: a refused target or a failed job, in a line each."""
+    reasons = dict.fromkeys(match.group(1).strip() for match in _FAILURE.finditer(log))
+    return list(reasons)[:most]
 
 
 def _summary(manifest: dict[str, Any]) -> None:

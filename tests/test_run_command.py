@@ -58,6 +58,7 @@ def test_a_failed_run_exits_1_and_names_the_failed_tasks(tmp_path: Path, airflow
     result = flexflow_run(home, str(SPEC), "--connection", "no_such_connection")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "hero_banner.submit: failed" in result.stdout
+    assert "why: the Apiframe connection 'no_such_connection' is not usable" in result.stdout, result.stdout
     assert "Airflow's log of the run:" in result.stdout
     log_path = Path(result.stdout.rsplit("Airflow's log of the run:", 1)[1].strip())
     assert "no_such_connection" in log_path.read_text()
