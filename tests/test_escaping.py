@@ -284,13 +284,16 @@ def test_the_doc_of_a_broken_spec_shows_its_problems_whole() -> None:
 
 @pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
 def test_a_spec_whose_description_and_owner_are_hostile_is_valid_and_shown_inert(text: str) -> None:
-    """Validation accepts any text as a description (it is only shown), so the doc is what keeps it inert."""
+    """Validation accepts any text as a description (it is only shown), so the doc is what keeps it inert.
+
+    All but a NUL, which is a spec error of its own (tests/specs/hostile/airflow__nul_in_description.yaml).
+    """
     data = yaml.safe_load(SPEC.read_text())
-    data["description"] = data["owner"] = text
+    data["description"] = data["owner"] = text = text.replace("\x00", "")
     spec = parse_spec(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "hostile.yaml")
     arguments = task_layout(spec).dag_arguments
     assert_no_link_or_html(arguments["doc_md"])
     assert markdown_text(text) in arguments["doc_md"]
-    # Shown as plain text by the UI: nothing hidden, and no NUL (PostgreSQL cannot store one).
+    # Shown as plain text by the UI: nothing hidden.
     shown = [arguments["description"], arguments["default_args"]["owner"]]
-    assert shown == [visible(text, keep="\n\t")] * 2 and "\x00" not in shown[0]
+    assert shown == [visible(text, keep="\n\t")] * 2
