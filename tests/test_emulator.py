@@ -7,7 +7,6 @@ import json
 import queue
 import select
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
 from flexflow.emulator import images as emulator_images
 from flexflow.emulator.server import announced_url
 from tests.conftest import flux_request
+from tests.deployment.harness.emulator import emulator_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGIC: dict[str, Callable[[bytes], bool]] = {
@@ -816,13 +816,7 @@ def test_webhook_not_sent_again_on_idempotent_replay(
 
 
 def test_cli_emulator_with_a_fault() -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "flexflow.cli",
-        "emulator",
-        "--port",
-        "0",
+    command = emulator_command(
         "--api-key",
         "k1",
         "--fault",
@@ -831,7 +825,7 @@ def test_cli_emulator_with_a_fault() -> None:
         "0",
         "--processing-seconds",
         "0",
-    ]
+    )
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 30)

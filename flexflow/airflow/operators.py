@@ -57,7 +57,14 @@ class JobRecord:
         """The stored record; 0.1 kept no request (``None``: render it again, as 0.1 did)."""
         if not isinstance(stored, Mapping) or "request" not in stored:
             return None
-        return cls(**{k: stored[k] for k in ("request", "idempotency_key", "generation", "job_id", "submitted_at")})
+        # What this version writes before the call has no job yet: the optional fields may be absent.
+        return cls(
+            stored["request"],
+            stored["idempotency_key"],
+            stored["generation"],
+            stored.get("job_id"),
+            stored.get("submitted_at"),
+        )
 
 
 class FluxFlexOperator(JobWaiting, BaseOperator):

@@ -37,7 +37,7 @@ from tests.deployment.harness.databases import (
     drop_database,
     release_redis_database,
 )
-from tests.deployment.harness.emulator import EmulatorControl
+from tests.deployment.harness.emulator import EmulatorControl, emulator_command
 from tests.deployment.harness.processes import (
     MARKER,
     Service,
@@ -459,20 +459,14 @@ class Deployment:
     def _start_emulator(self) -> None:
         service = Service(
             "emulator",
-            [
-                sys.executable,
-                "-m",
-                "flexflow.cli",
-                "emulator",
-                "--port",
-                "0",
+            emulator_command(
                 "--api-key",
                 self.api_key,
                 "--queue-seconds",
                 str(self.queue_seconds),
                 "--processing-seconds",
                 str(self.processing_seconds),
-            ],
+            ),
             self._env,
             self.logs_folder / "services" / "emulator.log",
             self.home,

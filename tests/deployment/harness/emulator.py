@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from tests.deployment.harness.rest import http_request, json_payload
+
+
+def emulator_command(*flags: str) -> list[str]:
+    """``flexflow emulator`` on a free port (it prints the URL it listens on), with the given flags."""
+    return [sys.executable, "-m", "flexflow.cli", "emulator", "--port", "0", *flags]
 
 
 @dataclass
