@@ -10,7 +10,9 @@ import time
 import httpx2
 import pytest
 
+from flexflow import __version__
 from flexflow.client import (
+    USER_AGENT,
     ApiConnectionError,
     ApiStatusError,
     ApiTimeout,
@@ -323,3 +325,31 @@ def test_list_jobs(client: FluxClient) -> None:
     assert len(page["jobs"]) == 2 and page["hasMore"]
     rest = client.list_jobs(limit=2, cursor=page["nextCursor"])
     assert {j["id"] for j in page["jobs"] + rest["jobs"]} == ids
+
+
+def _recording_handler(seen: list[httpx2.Request]) -> httpx2.MockTransport:
+    """A transport that keeps each request and answers per contract (the emulator keeps no headers)."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx2.Response(202, json={"jobId": "j", "status": "QUEUED"})
+        if request.url.path == "/v2/jobs":
+            return httpx2.Response(200, json={"jobs": [], "hasMore": False})
+        return httpx2.Response(200, json={"id": "j", "status": "QUEUED"})
+
+    return httpx2.MockTransport(handler)
+
+
+async def test_every_request_names_flexflow_and_its_version() -> None:
+    assert USER_AGENT == f"flexflow/{__version__}"
+    seen: list[httpx2.Request] = []
+    with FluxClient("http://api.test", "afk_k", transport=_recording_handler(seen)) as client:
+        client.submit(flux_request(), "ua")
+        client.get_job("j")
+        client.list_jobs()
+    async with AsyncFluxClient("http://api.test", "afk_k", transport=_recording_handler(seen)) as awaiting:
+        await awaiting.submit(flux_request(), "ua")
+        await awaiting.get_job("j")
+    assert [r.method for r in seen] == ["POST", "GET", "GET", "POST", "GET"]
+    assert {r.headers["user-agent"] for r in seen} == {USER_AGENT}

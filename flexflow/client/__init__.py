@@ -2,6 +2,7 @@
 
 from flexflow.client._calls import ApiKey
 from flexflow.client._client import DEFAULT_TIMEOUT, AsyncFluxClient, FluxClient
+from flexflow.client._version import USER_AGENT
 from flexflow.client.errors import (
     ApiConnectionError,
     ApiError,
@@ -24,6 +25,7 @@ from flexflow.errors import FlexflowError
 __all__ = [
     "DEFAULT_TIMEOUT",
     "NO_RETRIES",
+    "USER_AGENT",
     "ApiConnectionError",
     "ApiError",
     "ApiKey",

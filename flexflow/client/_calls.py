@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx2
 
 from flexflow.client import errors
+from flexflow.client._version import USER_AGENT, USER_AGENT_HEADER
 from flexflow.client.models import Job, parse_job
 from flexflow.client.retry import RetryPolicy, parse_retry_after
 from flexflow.contract import wire
@@ -107,7 +108,12 @@ class ApiCalls:
         return _json_object(response)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx2.Request:
-        headers = {wire.API_KEY_HEADER: self._key.reveal(), "Accept": "application/json", **kwargs.pop("headers", {})}
+        headers = {
+            wire.API_KEY_HEADER: self._key.reveal(),
+            "Accept": "application/json",
+            USER_AGENT_HEADER: USER_AGENT,
+            **kwargs.pop("headers", {}),
+        }
         return httpx2.Request(method, self.base_url + path, headers=headers, **kwargs)
 
     def _call(self, request: httpx2.Request) -> Flow[httpx2.Response]:
