@@ -24,12 +24,15 @@ from flexflow.client import (
     JobNotFound,
     PermissionDenied,
     RateLimited,
+    RequestTimeout,
+    RetryPolicy,
     ServerError,
     UnexpectedResponse,
     ValidationFailed,
 )
-from flexflow.client._calls import ApiCalls, error_for
+from flexflow.client._calls import ApiCalls, Sleep, error_for
 from flexflow.client.errors import STATUS_ERRORS
+from flexflow.client.retry import RATE_LIMIT_SPREAD, parse_retry_after
 from flexflow.contract.wire import JobStatus
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
 from tests.conftest import fast_retry, flux_request
@@ -342,7 +345,7 @@ def _recording_handler(seen: list[httpx2.Request]) -> httpx2.MockTransport:
 
 
 async def test_every_request_names_flexflow_and_its_version() -> None:
-    assert USER_AGENT == f"flexflow/{__version__}"
+    assert f"flexflow/{__version__}" == USER_AGENT
     seen: list[httpx2.Request] = []
     with FluxClient("http://api.test", "afk_k", transport=_recording_handler(seen)) as client:
         client.submit(flux_request(), "ua")
@@ -353,3 +356,77 @@ async def test_every_request_names_flexflow_and_its_version() -> None:
         await awaiting.get_job("j")
     assert [r.method for r in seen] == ["POST", "GET", "GET", "POST", "GET"]
     assert {r.headers["user-agent"] for r in seen} == {USER_AGENT}
+
+
+def test_408_is_retried_like_a_timeout() -> None:
+    """No emulator fault answers 408 (a proxy's status), so a mock transport plays the proxy."""
+    answers = iter([408, 202, 408, 200])
+    calls: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.method)
+        status = next(answers)
+        if status == 408:
+            return httpx2.Response(408, text="Request Timeout")
+        body = {"jobId": "j", "status": "QUEUED"} if request.method == "POST" else {"id": "j", "status": "QUEUED"}
+        return httpx2.Response(status, json=body)
+
+    client = FluxClient("http://api.test", "afk_k", transport=httpx2.MockTransport(handler), retry=fast_retry())
+    with client:
+        assert client.submit(flux_request(), "k408") == "j"
+        assert client.get_job("j").status is JobStatus.QUEUED
+    assert calls == ["POST", "POST", "GET", "GET"]
+    assert isinstance(error_for(httpx2.Response(408)), RequestTimeout)
+
+
+def test_408_on_a_post_without_idempotency_key_is_not_retried() -> None:
+    """Without a key the API may have made the job before the proxy gave up: a second POST could bill twice."""
+    calls = ApiCalls("http://api.test", "afk_k", fast_retry())
+    flow = calls._call(calls._request("POST", "/v2/images/generate", json=flux_request()))
+    request = next(flow)
+    assert isinstance(request, httpx2.Request)
+    with pytest.raises(RequestTimeout) as caught:
+        flow.send(httpx2.Response(408, request=request))
+    assert caught.value.retryable and "timed out on the way" in str(caught.value)
+
+
+def _first_wait(policy: RetryPolicy, response: httpx2.Response) -> float:
+    """The Sleep a GET's flow asks for after its first response: the wait chosen, without sleeping."""
+    calls = ApiCalls("http://api.test", "afk_k", policy, clock=lambda: 0.0)
+    flow = calls.get_job("j")
+    next(flow)
+    step = flow.send(response)
+    assert isinstance(step, Sleep), "the flow retries"
+    return step.seconds
+
+
+@pytest.mark.parametrize("header", [None, "soon", "nan", "inf"])
+def test_429_without_a_readable_retry_after_waits_the_default(header: str | None) -> None:
+    headers = {"Retry-After": header} if header is not None else {}
+    response = httpx2.Response(429, json={"error": "Too many requests"}, headers=headers)
+    policy = fast_retry()  # one seeded jitter for all: each call draws anew
+    waits = [_first_wait(policy, response) for _ in range(50)]
+    default = RetryPolicy().rate_limit_wait
+    assert default == 5.0
+    assert all(default <= wait <= default * (1 + RATE_LIMIT_SPREAD) for wait in waits), "never shorter"
+    assert len(set(waits)) > 1, "jittered: clients told to wait together come back apart"
+
+
+def test_the_default_429_wait_is_capped_and_bounded_by_the_total_time() -> None:
+    response = httpx2.Response(429, json={"error": "Too many requests"})
+    assert _first_wait(fast_retry(rate_limit_wait=2.0), response) <= 2.0 * (1 + RATE_LIMIT_SPREAD)
+    assert _first_wait(fast_retry(retry_after_cap=1.5), response) == 1.5
+    calls = ApiCalls("http://api.test", "afk_k", fast_retry(max_elapsed=4.0), clock=lambda: 0.0)
+    flow = calls.get_job("j")
+    next(flow)
+    with pytest.raises(RateLimited) as caught:
+        flow.send(response)  # a 5 s wait would end past the 4 s allowed: final now, not after the wait
+    assert caught.value.retry_after is None
+    with pytest.raises(ValueError, match="rate_limit_wait"):
+        RetryPolicy(rate_limit_wait=float("nan"))
+
+
+def test_a_retry_after_the_api_names_is_still_honoured_exactly() -> None:
+    response = httpx2.Response(429, json={"error": "Too many requests"}, headers={"Retry-After": "0.5"})
+    assert _first_wait(fast_retry(), response) == 0.5
+    assert parse_retry_after("1e400") is None and parse_retry_after("-3") == 0.0

@@ -119,9 +119,19 @@ class IdempotencyConflict(ApiStatusError, status=409):
     )
 
 
+class RequestTimeout(ApiStatusError, status=408):
+    """Something on the way (the API's edge, a proxy) gave up waiting for the request: a timeout, said in HTTP."""
+
+    retryable = True
+    advice = "The request timed out on the way to the API; retried with backoff until attempts ran out."
+
+
 class RateLimited(ApiStatusError, status=429):
     retryable = True
-    advice = "Retried after the Retry-After wait until attempts ran out; lower the concurrency or try later."
+    advice = (
+        "Retried after the Retry-After wait (or the policy's rate_limit_wait when the API named none) "
+        "until attempts ran out; lower the concurrency or try later."
+    )
 
     def __init__(self, error: str, *, retry_after: float | None = None, request_id: str | None = None) -> None:
         self.retry_after = retry_after
