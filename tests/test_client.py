@@ -29,6 +29,7 @@ from flexflow.client import (
     ServerError,
     UnexpectedResponse,
     ValidationFailed,
+    parse_result,
 )
 from flexflow.client._calls import ApiCalls, Sleep, error_for
 from flexflow.client.errors import STATUS_ERRORS
@@ -430,3 +431,49 @@ def test_a_retry_after_the_api_names_is_still_honoured_exactly() -> None:
     response = httpx2.Response(429, json={"error": "Too many requests"}, headers={"Retry-After": "0.5"})
     assert _first_wait(fast_retry(), response) == 0.5
     assert parse_retry_after("1e400") is None and parse_retry_after("-3") == 0.0
+
+
+#: A job as a later API version might answer it: fields flexflow has never seen, at both levels.
+GROWN_JOB = {
+    "id": "j",
+    "status": "COMPLETED",
+    "model": "flux-2-flex",
+    "progress": 100,
+    "result": {
+        "images": ["https://cdn.test/a.png", "https://cdn.test/b.png"],
+        "thumbnails": ["https://cdn.test/a-small.png"],
+        "seed": 42,
+        "nsfw": [False, False],
+    },
+    "creditCost": 5,
+    "priority": "high",
+    "usage": {"gpuSeconds": 3.2},
+    "tags": ["x"],
+}
+
+
+async def test_keys_the_api_may_add_are_ignored_sync_and_async() -> None:
+    """Mocked: a job with unknown keys is not what the emulator answers by default."""
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, json=GROWN_JOB))
+    with FluxClient("http://api.test", "afk_k", transport=transport) as client:
+        job = client.get_job("j")
+    async with AsyncFluxClient("http://api.test", "afk_k", transport=transport) as awaiting:
+        assert await awaiting.get_job("j") == job
+    assert job.status is JobStatus.COMPLETED and job.credit_cost == 5
+    assert job.result_urls == ("https://cdn.test/a.png", "https://cdn.test/b.png"), "images only, no thumbnails"
+    assert "priority" not in job.to_dict() and "usage" not in job.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("result", "why"),
+    [
+        ({"thumbnails": ["https://cdn.test/a-small.png"]}, "unknown shape"),
+        ({"images": "https://cdn.test/a.png", "seed": 1}, "other than http"),
+        ({"images": [{"url": "https://cdn.test/a.png"}]}, "other than http"),
+        ({"images": ["file:///etc/passwd"], "thumbnails": []}, "other than http"),
+        (7, "unknown shape"),
+    ],
+)
+def test_a_result_without_a_usable_images_list_is_refused(result: object, why: str) -> None:
+    with pytest.raises(UnexpectedResponse, match=why):
+        parse_result(result)

@@ -53,6 +53,8 @@ def parse_result(result: object) -> tuple[str, ...]:
     """Result URLs from any of the three shapes the API has used.
 
     ``{"images": [url, ...]}`` (current docs), a bare URL string (older docs) or a list of URLs.
+    Keys the API may add beside ``images`` (thumbnails, sizes) are ignored: a new field must not
+    fail a paid job. A mapping without an ``images`` list of URLs is refused: its images are unknown.
     """
     if result is None:
         return ()
@@ -60,7 +62,7 @@ def parse_result(result: object) -> tuple[str, ...]:
         urls: object = [result]
     elif isinstance(result, list):
         urls = result
-    elif isinstance(result, Mapping) and set(result) == {"images"}:
+    elif isinstance(result, Mapping) and "images" in result:
         urls = result["images"]
     else:
         raise UnexpectedResponse(
@@ -80,7 +82,10 @@ def _describe(value: object) -> str:
 
 
 def parse_job(body: object, request_id: str | None = None) -> Job:
-    """A :class:`Job` from a job object, or :class:`UnexpectedResponse` naming what is wrong."""
+    """A :class:`Job` from a job object, or :class:`UnexpectedResponse` naming what is wrong.
+
+    Only the fields named here are read: keys the API adds later are ignored, not errors.
+    """
     if not isinstance(body, Mapping):
         raise UnexpectedResponse(f"job response is not a JSON object: {_describe(body)}")
     try:
