@@ -6,6 +6,7 @@ import io
 import json
 import queue
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -25,7 +27,7 @@ from flexflow.client import FluxClient
 from flexflow.contract import MODEL_ID, apply_defaults, credit_cost, pixel_size, webhooks
 from flexflow.contract.params import ASPECT_RATIOS, OUTPUT_FORMATS
 from flexflow.contract.wire import JOBS_PATH, SUBMIT_PATH
-from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer
+from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorServer, FaultRule
 from flexflow.emulator import images as emulator_images
 from flexflow.emulator.server import announced_url
 from tests.conftest import flux_request
@@ -370,7 +372,160 @@ def test_wrong_content_type_fault(emulator: EmulatorServer, http: httpx2.Client)
     assert b"<html" in response.content
 
 
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_truncated_image_fault_serves_an_honest_length_that_cannot_be_decoded(
+    emulator: EmulatorServer, http: httpx2.Client, output_format: str
+) -> None:
+    body = small(output_format=output_format, seed=3)
+    whole = download(http, submit_ok(http, body, key="whole")).content
+    emulator.faults.add({"fault": "truncated_image", "count": 1})
+    job_id = submit_ok(http, body, key="cut")
+    for _ in range(2):  # permanently: a second download is just as short
+        response = download(http, job_id)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == CONTENT_TYPES[output_format]
+        assert int(response.headers["content-length"]) == len(response.content) < len(whole)
+        assert response.content == whole[: len(response.content)]
+        with pytest.raises(Exception):  # noqa: B017 - PIL raises OSError or SyntaxError, by format
+            Image.open(io.BytesIO(response.content)).load()
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_corrupt_image_fault_has_full_length_and_headers_but_fails_a_full_decode(
+    emulator: EmulatorServer, http: httpx2.Client, output_format: str, seed: int
+) -> None:
+    body = small(f"poster {seed}", output_format=output_format, seed=seed)
+    whole = download(http, submit_ok(http, body, key="whole")).content
+    emulator.faults.add({"fault": "corrupt_image", "count": 1})
+    response = download(http, submit_ok(http, body, key="corrupt"))
+    assert response.status_code == 200
+    data = response.content
+    assert len(data) == len(whole) == int(response.headers["content-length"])
+    assert data != whole
+    assert MAGIC[output_format](data), "the magic bytes still look right"
+    image = Image.open(io.BytesIO(data))  # the headers are intact: it opens, with the right size
+    assert image.format == PIL_FORMATS[output_format]
+    assert image.size == Image.open(io.BytesIO(whole)).size
+    with pytest.raises(OSError):
+        image.load()
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_several_images_fault_returns_distinct_valid_images(
+    emulator: EmulatorServer, http: httpx2.Client, output_format: str
+) -> None:
+    emulator.faults.add({"fault": "several_images", "count": 1, "images": 4})
+    job = get_job(http, submit_ok(http, small(output_format=output_format, aspect_ratio="16:9", seed=5)))
+    urls = result_urls(job)
+    assert len(urls) == len(set(urls)) == 4
+    files = [httpx2.get(url, timeout=5.0) for url in urls]
+    assert len({f.content for f in files}) == 4, "each image is distinct"
+    for response in files:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == CONTENT_TYPES[output_format]
+        image = Image.open(io.BytesIO(response.content))
+        image.load()
+        assert image.format == PIL_FORMATS[output_format]
+        assert image.size == pixel_size("0.5MP", "16:9")
+    assert job["creditCost"] == credit_cost(apply_defaults(small()["fluxParams"])), "one job, billed once"
+    assert emulator.accounting()["jobs_billed"] == 1
+
+
+def test_several_images_defaults_to_three(emulator: EmulatorServer, http: httpx2.Client) -> None:
+    emulator.faults.add({"fault": "several_images", "count": 1})
+    assert len(result_urls(get_job(http, submit_ok(http)))) == 3
+    assert len(result_urls(get_job(http, submit_ok(http)))) == 1, "the next job is a plain one"
+
+
+def test_several_images_first_file_is_the_one_a_single_image_job_gets(
+    emulator: EmulatorServer, http: httpx2.Client
+) -> None:
+    body = small(output_format="png", seed=9)
+    single = download(http, submit_ok(http, body, key="one")).content
+    emulator.faults.add({"fault": "several_images", "count": 1, "images": 2})
+    first = httpx2.get(result_urls(get_job(http, submit_ok(http, body, key="two")))[0], timeout=5.0).content
+    assert first == single
+
+
+def test_extra_keys_fault_adds_keys_the_contract_does_not_name(
+    emulator: EmulatorServer, http: httpx2.Client, client: FluxClient
+) -> None:
+    emulator.faults.add({"fault": "extra_keys", "count": 1})
+    job_id = submit_ok(http, small(output_format="png", seed=1234))
+    job = get_job(http, job_id)
+    assert job["seedUsed"] == 1234
+    assert job["region"] == "eu"
+    assert set(job["result"]) >= {"images", "thumbnails"}
+    (url,) = job["result"]["images"]
+    assert httpx2.get(url, timeout=5.0).status_code == 200
+    assert "seedUsed" not in get_job(http, submit_ok(http)), "only the faulted job has them"
+
+
 # -- request faults ------------------------------------------------------------------------------
+
+
+def test_http_408_fault(emulator: EmulatorServer, http: httpx2.Client) -> None:
+    emulator.faults.add({"fault": "http_408", "count": 1, "route": "poll"})
+    job_id = submit_ok(http)
+    timed_out = http.get(f"{JOBS_PATH}/{job_id}")
+    assert timed_out.status_code == 408
+    assert isinstance(timed_out.json()["error"], str)
+    assert get_job(http, job_id)["status"] == "COMPLETED"
+    assert emulator.accounting()["faults_injected"] == {"http_408": 1}
+
+
+def test_rate_limit_fault_without_retry_after(emulator: EmulatorServer, http: httpx2.Client) -> None:
+    emulator.faults.add(FaultRule.parse("rate_limit:count=1,route=submit,retry_after=none"))
+    response = submit(http)
+    assert response.status_code == 429
+    assert "retry-after" not in response.headers
+    assert submit(http).status_code == 202
+
+
+def raw_get(url: str) -> tuple[dict[str, str], bytes]:
+    """A GET over a plain socket: the response head, and every body byte that arrived before the close."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5.0) as sock:
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    headers[":status"] = lines[0].split()[1]
+    return headers, body
+
+
+def test_cut_transfer_fault_announces_the_full_length_sends_half_and_closes(
+    emulator: EmulatorServer, http: httpx2.Client
+) -> None:
+    (url,) = result_urls(get_job(http, submit_ok(http, small(output_format="png", seed=2))))
+    whole = httpx2.get(url, timeout=5.0).content
+    emulator.faults.add({"fault": "cut_transfer", "count": 1})  # route: file, by default
+    assert emulator.faults.to_dict()["rules"][0]["route"] == "file"
+    headers, partial = raw_get(url)
+    assert headers[":status"] == "200"
+    assert int(headers["content-length"]) == len(whole)
+    assert 0 < len(partial) < len(whole)
+    assert abs(len(partial) - len(whole) // 2) <= 1
+    assert partial == whole[: len(partial)]
+    with pytest.raises(httpx2.RemoteProtocolError):  # what a client sees: an incomplete body
+        emulator.faults.add({"fault": "cut_transfer", "count": 1})
+        httpx2.get(url, timeout=5.0)
+    assert httpx2.get(url, timeout=5.0).content == whole, "transient: the next download is whole"
+    assert emulator.accounting()["faults_injected"] == {"cut_transfer": 2}
+
+
+def test_cut_transfer_leaves_the_api_routes_alone(emulator: EmulatorServer, http: httpx2.Client) -> None:
+    emulator.faults.add({"fault": "cut_transfer", "count": 1})
+    job = get_job(http, submit_ok(http))
+    assert emulator.faults.to_dict()["injected"] == {}
+    with pytest.raises(httpx2.RemoteProtocolError):
+        httpx2.get(result_urls(job)[0], timeout=5.0)
+
+
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

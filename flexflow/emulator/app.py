@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -24,12 +25,13 @@ from flexflow.contract import webhooks, wire
 from flexflow.contract.schema import validate_request
 from flexflow.contract.wire import JobStatus
 from flexflow.emulator import images
-from flexflow.emulator.faults import Fault, FaultRule
+from flexflow.emulator.faults import Fault, FaultRule, check_seed, parse_rules, shown
 from flexflow.emulator.state import EmulatorState, JobRecord
 
 log = logging.getLogger("flexflow.emulator")
 
 STATUS_ERRORS = {
+    Fault.HTTP_408: (408, "Request timeout"),
     Fault.HTTP_500: (500, "Internal server error"),
     Fault.HTTP_502: (502, "Bad gateway"),
     Fault.HTTP_503: (503, "Service temporarily unavailable"),
@@ -37,8 +39,77 @@ STATUS_ERRORS = {
 }
 
 
+#: Limits of a JSON body the emulator accepts: absurd documents are refused (400), never a 500 or a hang.
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 100
+#: A body over the limit is still read and discarded up to this size, so the client reads the 413
+#: rather than a reset connection; a larger one gets the 413 at once and the connection closes.
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class BadJson(ValueError):
+    """A request body that is not a JSON document the emulator takes; the message says why, not what."""
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: UTF-8, finite numbers of sane size, at most MAX_JSON_DEPTH deep."""
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
+    except RecursionError:
+        raise BadJson(f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"the body is not UTF-8 (byte {exc.start})") from None
+    except ValueError as exc:  # JSONDecodeError (its message has a position, not the text) and the hooks'
+        raise BadJson(f"the body is not valid JSON: {exc}") from None
+    _check_tree(value)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and strings of a parsed document, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadJson("a string holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadJson(f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    value = parse_json(await request.body())
+    if not isinstance(value, dict):
+        raise BadJson(f"expected a JSON object, not {type(value).__name__}")
+    return value
 
 
 def create_app(state: EmulatorState) -> ASGIApp:
@@ -54,9 +125,10 @@ def create_app(state: EmulatorState) -> ASGIApp:
         Route("/_emulator/faults", api.faults, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/_emulator/config", api.config, methods=["GET", "PATCH"]),
         Route("/_emulator/reset", api.reset, methods=["POST"]),
+        Route("/_emulator/requests", api.requests, methods=["GET"]),
         Route("/_emulator/health", api.health, methods=["GET"]),
     ]
-    return FaultInjector(RequestIds(Starlette(routes=routes)), state)
+    return RequestGate(FaultInjector(RequestIds(Starlette(routes=routes)), state), state)
 
 
 class _Api:
@@ -91,9 +163,9 @@ class _Api:
         key = request.headers.get(wire.IDEMPOTENCY_HEADER)
         self.state.count_submission(key)
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "Request body is not valid JSON", details={"$": ["expected a JSON object"]})
+            body = await _json_object(request)
+        except BadJson as exc:
+            return _error(400, f"Request body is not valid JSON: {exc}", details={"$": ["expected a JSON object"]})
         problems = validate_request(body)
         if problems:
             details: dict[str, list[str]] = {}
@@ -165,13 +237,12 @@ class _Api:
         name = request.path_params["name"]
         if job is None or job.status(now) is not JobStatus.COMPLETED or name not in job.result_names():
             return Response("Not Found", status_code=404, media_type="text/plain")
-        outcome = job.outcome.fault if job.outcome else None
-        if job.expired(now) or outcome is Fault.MISSING_RESULT:
+        if job.expired(now) or job.fault is Fault.MISSING_RESULT:
             return Response("<Error><Code>NoSuchKey</Code></Error>", status_code=404, media_type="application/xml")
-        if outcome is Fault.WRONG_CONTENT_TYPE:
+        if job.fault is Fault.WRONG_CONTENT_TYPE:
             return Response("<html><body>Access denied</body></html>", media_type="text/html")
         fmt = job.flux_params["output_format"]
-        data = await run_in_threadpool(images.render, job.body["prompt"], job.body.get(wire.PARAMS_FIELD) or {})
+        data = await run_in_threadpool(job.result_file, name)
         return Response(data, media_type=images.CONTENT_TYPES[fmt])
 
     async def job_page(self, request: Request) -> Response:
@@ -188,23 +259,31 @@ class _Api:
         plan = self.state.faults
         try:
             if request.method in ("POST", "PUT"):
-                payload = await request.json()
-                rules = [FaultRule(**rule) for rule in payload.get("rules", [])]
+                payload = await _json_object(request)
+                allowed = ("rules", "seed") if request.method == "PUT" else ("rules",)
+                unknown = sorted(shown(key) for key in payload if key not in allowed)
+                if unknown:
+                    raise ValueError(
+                        f"unknown key(s) {', '.join(unknown)}; {request.method} takes {', '.join(allowed)}"
+                    )
+                # Every rule (and the seed) is checked before the plan changes: a refusal changes nothing.
+                rules = parse_rules(payload.get("rules", []))
                 if request.method == "PUT":
-                    plan.reset(seed=payload.get("seed"))
-                plan.add(*rules)
+                    plan.replace(rules, seed=check_seed(payload.get("seed")))
+                else:
+                    plan.add(*rules)
             elif request.method == "DELETE":
                 plan.reset()
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError) as exc:
             return _error(400, f"invalid fault rules: {exc}")
         return JSONResponse(plan.to_dict())
 
     async def config(self, request: Request) -> Response:
         if request.method == "PATCH":
             try:
-                self.state.config.update(await request.json())
-            except (ValueError, TypeError, AttributeError) as exc:
-                return _error(400, str(exc))
+                self.state.config.update(await _json_object(request))
+            except ValueError as exc:
+                return _error(400, f"invalid emulator settings (nothing was changed): {exc}")
         settings = dict(vars(self.state.config))
         settings.pop("api_keys")  # keys are not shown back, even test ones
         settings.pop("inactive_keys")
@@ -214,6 +293,10 @@ class _Api:
         self.state.reset()
         self.state.faults.reset()
         return JSONResponse({"reset": True})
+
+    async def requests(self, request: Request) -> Response:
+        """Every request received (the last 10,000), without its API key header: for secret hunts in tests."""
+        return JSONResponse({"requests": self.state.received_requests()})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -328,22 +411,48 @@ class FaultInjector:
         elif fault is Fault.LOST_RESPONSE:
             await self.app(scope, receive, _discard)
             _cut_connection(send)
+        elif fault is Fault.CUT_TRANSFER:
+            await self.app(scope, receive, _half_then_cut(send))
         elif fault is Fault.RATE_LIMIT:
             await _rate_limited(rule)(scope, receive, send)
         else:
             status, message = STATUS_ERRORS[fault]
-            await RequestIds(_error(status, message))(scope, receive, send)
+            response = _error(status, message)
+            if status == 408:
+                response.headers["connection"] = "close"  # as servers that time a request out do
+            await RequestIds(response)(scope, receive, send)
+
+
+def _half_then_cut(send: Send) -> Send:
+    """A send that passes the response head (with its full Content-Length), half the body, then cuts."""
+    cut = False
+
+    async def send_half(message: Message) -> None:
+        nonlocal cut
+        if cut:
+            return  # the rest of the response goes nowhere: the connection is gone
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body = message.get("body", b"")
+        await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+        cut = True
+        _cut_connection(send)
+
+    return send_half
 
 
 def _rate_limited(rule: FaultRule) -> ASGIApp:
-    if rule.retry_after_date:
-        when = datetime.now(UTC) + timedelta(seconds=rule.retry_after)
-        retry_after = format_datetime(when, usegmt=True)
-    else:
-        retry_after = str(int(rule.retry_after)) if rule.retry_after == int(rule.retry_after) else str(rule.retry_after)
     response = _error(429, "Rate limit exceeded")
-    response.headers[wire.RETRY_AFTER_HEADER] = retry_after
+    if rule.retry_after is not None:
+        response.headers[wire.RETRY_AFTER_HEADER] = _retry_after(rule.retry_after, as_date=rule.retry_after_date)
     return RequestIds(response)
+
+
+def _retry_after(seconds: float, *, as_date: bool) -> str:
+    if as_date:
+        return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
+    return str(int(seconds)) if seconds == int(seconds) else str(seconds)
 
 
 async def _discard(message: Message) -> None:
@@ -359,3 +468,81 @@ def _cut_connection(send: Send) -> None:
         raise RuntimeError("connection faults need the emulator to run under uvicorn")
     transport.close()
     cycle.disconnected = True  # so uvicorn does not try to answer 500 on the closed connection
+
+
+class RequestGate:
+    """Outermost middleware: reads each request body under the size limit, and records the request.
+
+    The body is read here, before any fault or route, so that a body over
+    ``config.max_body_bytes`` gets a 413 whatever the route (a chunked body without a
+    Content-Length too, counted as it arrives), and so that every request is recorded
+    whole, even one a fault then drops. The 413 never echoes the body.
+    """
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.state.config.max_body_bytes
+        declared = _content_length(scope)
+        body, size, whole = await _read_body(receive, limit, drain=declared is None or declared <= MAX_DRAIN_BYTES)
+        if declared is not None and declared > limit:
+            whole = False
+        self._record(scope, body, max(size, declared or 0))
+        if not whole:
+            response = _error(413, f"Request body is larger than the emulator's limit of {limit} bytes")
+            response.headers["connection"] = "close"
+            await RequestIds(response)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _record(self, scope: Scope, body: bytes, size: int) -> None:
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope.get("headers", [])]
+        query = scope.get("query_string", b"").decode("latin-1")
+        self.state.record_request(scope.get("method", ""), scope.get("path", ""), query, headers, body, size)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_body(receive: Receive, limit: int, *, drain: bool) -> tuple[bytes, int, bool]:
+    """(body, bytes seen, within the limit). Past the limit, chunks are counted and dropped, not kept."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), size, size <= limit  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif not drain or size > MAX_DRAIN_BYTES:
+            return b"".join(chunks), size, False
+        if not message.get("more_body", False):
+            return b"".join(chunks), size, size <= limit
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then whatever the connection says next."""
+    delivered = False
+
+    async def replayed() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

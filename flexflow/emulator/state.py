@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +22,15 @@ from flexflow.contract import wire
 from flexflow.contract.params import apply_defaults
 from flexflow.contract.sizes import credit_cost
 from flexflow.contract.wire import JobStatus
-from flexflow.emulator.faults import MODERATION_ERROR, PROVIDER_ERRORS, Fault, FaultPlan, FaultRule
+from flexflow.emulator import images
+from flexflow.emulator.faults import MODERATION_ERROR, PROVIDER_ERRORS, Fault, FaultPlan, FaultRule, shown
 
 #: The key the emulator accepts when none is configured. It is a test key, not a secret.
 DEFAULT_TEST_KEY = "afk_flexflow_emulator_test_key"
+RESULT_SHAPES = ("images", "string", "list")
+#: How many received requests the emulator keeps (the oldest go first), and how much of each body.
+RECEIVED_REQUESTS_KEPT = 10_000
+RECEIVED_BODY_KEPT = 64 * 1024
 
 
 @dataclass
@@ -40,12 +46,50 @@ class EmulatorConfig:
     credits: int | None = None  # None: unlimited
     result_shape: str = "images"  # images | string | list
     webhook_retries: int = 2
+    max_body_bytes: int = 1024 * 1024  # a larger request body is answered 413
 
-    def update(self, changes: dict[str, Any]) -> None:
-        for name, value in changes.items():
-            if name not in self.__dataclass_fields__:
-                raise ValueError(f"unknown emulator setting {name!r}")
-            setattr(self, name, tuple(value) if name in ("api_keys", "inactive_keys") else value)
+    def update(self, changes: object) -> None:
+        """Change settings; every one is checked first, so a refused change leaves all of them as they were."""
+        if not isinstance(changes, dict):
+            raise ValueError("settings must be a JSON object of setting names and values")
+        checked = {name: _checked_setting(name, value) for name, value in changes.items()}
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_setting(name: str, value: object) -> object:
+    """``value`` as the setting ``name`` stores it, or a ValueError naming the setting and what it takes."""
+    if name in ("api_keys", "inactive_keys"):
+        if not isinstance(value, list | tuple) or not all(isinstance(k, str) and k for k in value):
+            raise ValueError(f"{name} must be a list of non-empty strings")
+        return tuple(value)
+    if name in ("queue_seconds", "processing_seconds", "retention_seconds", "idempotency_seconds"):
+        number_ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not number_ok or value < 0:  # type: ignore[operator]
+            raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {shown(value)}")
+        return float(value)  # type: ignore[arg-type]
+    if name == "credits":
+        if value is not None and not (_is_int(value) and value >= 0):  # type: ignore[operator]
+            raise ValueError(f"credits must be null (unlimited) or an integer, 0 or more, not {shown(value)}")
+        return value
+    if name == "webhook_retries":
+        if not (_is_int(value) and 0 <= value <= 10):  # type: ignore[operator]
+            raise ValueError(f"webhook_retries must be an integer from 0 to 10, not {shown(value)}")
+        return value
+    if name == "max_body_bytes":
+        if not (_is_int(value) and value >= 1):  # type: ignore[operator]
+            raise ValueError(f"max_body_bytes must be a positive integer, not {shown(value)}")
+        return value
+    if name == "result_shape":
+        if value not in RESULT_SHAPES:
+            raise ValueError(f"result_shape must be one of {', '.join(RESULT_SHAPES)}, not {shown(value)}")
+        return value
+    known = ", ".join(f.name for f in fields(EmulatorConfig))
+    raise ValueError(f"unknown emulator setting {shown(name)}; known settings: {known}")
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -123,8 +167,25 @@ class JobRecord:
     def billed(self, now: float) -> bool:
         return self.status(now) is JobStatus.COMPLETED
 
+    @property
+    def fault(self) -> Fault | None:
+        """The outcome fault this job was given at submit, if any."""
+        return self.outcome.fault if self.outcome is not None else None
+
     def result_names(self) -> list[str]:
-        return [f"0.{self.flux_params['output_format']}"]
+        count = self.outcome.images if self.outcome is not None and self.fault is Fault.SEVERAL_IMAGES else 1
+        return [f"{index}.{self.flux_params['output_format']}" for index in range(count)]
+
+    def result_file(self, name: str) -> bytes:
+        """The bytes of result file ``name`` (one of :meth:`result_names`), broken as the job's fault says."""
+        index = int(name.partition(".")[0])
+        flux_params = self.body.get(wire.PARAMS_FIELD) or {}
+        data = images.render(self.body["prompt"], flux_params, index)
+        if self.fault is Fault.TRUNCATED_IMAGE:
+            return images.truncated(data)
+        if self.fault is Fault.CORRUPT_IMAGE:
+            return images.corrupt(data, self.flux_params["output_format"])
+        return data
 
 
 @dataclass
@@ -149,6 +210,8 @@ class EmulatorState:
         self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self.submissions = 0
         self.submissions_per_key: Counter[str] = Counter()
+        self._received: deque[dict[str, Any]] = deque(maxlen=RECEIVED_REQUESTS_KEPT)
+        self._received_total = 0
 
     def reset(self) -> None:
         with self._lock:
@@ -156,6 +219,36 @@ class EmulatorState:
             self._idempotency.clear()
             self.submissions = 0
             self.submissions_per_key.clear()
+            self._received.clear()
+            self._received_total = 0
+
+    # -- received requests ---------------------------------------------------------------------
+
+    def record_request(
+        self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes, body_bytes: int
+    ) -> None:
+        """Keep what a request carried, for tests that hunt for a secret in it; never its API key header."""
+        kept_headers = [[name, value] for name, value in headers if name.lower() != wire.API_KEY_HEADER.lower()]
+        with self._lock:
+            self._received_total += 1
+            self._received.append(
+                {
+                    "seq": self._received_total,
+                    "method": method,
+                    "path": path,
+                    "query": query,
+                    "headers": kept_headers,
+                    # Bytes that are not UTF-8 are kept as \xNN escapes, so nothing is lost to a search.
+                    "body": body[:RECEIVED_BODY_KEPT].decode("utf-8", "backslashreplace"),
+                    "body_bytes": body_bytes,
+                    "body_truncated": body_bytes > RECEIVED_BODY_KEPT,
+                }
+            )
+
+    def received_requests(self) -> list[dict[str, Any]]:
+        """The last requests received (at most RECEIVED_REQUESTS_KEPT), oldest first."""
+        with self._lock:
+            return [dict(r) for r in self._received]
 
     # -- auth ----------------------------------------------------------------------------------
 
@@ -240,7 +333,7 @@ class EmulatorState:
         now = self.clock()
         status = job.status(now)
         completed = status.is_terminal
-        return {
+        data = {
             "id": job.id,
             "status": status.value,
             "model": wire.MODEL_ID,
@@ -254,15 +347,30 @@ class EmulatorState:
             "expired": job.expired(now),
             "input": job.body,
         }
+        if job.fault is Fault.EXTRA_KEYS:
+            # Keys a newer API might add: a client must ignore them, not fail.
+            prompt, flux_params = job.body["prompt"], job.body.get(wire.PARAMS_FIELD) or {}
+            data.update({"seedUsed": images.effective_seed(prompt, apply_defaults(flux_params)), "region": "eu"})
+        return data
 
     def _result(self, job: JobRecord, base_url: str) -> Any:
         urls = [f"{base_url.rstrip('/')}/_files/{job.id}/{name}" for name in job.result_names()]
         shape = self.config.result_shape
-        if job.outcome is not None and job.outcome.fault is Fault.RESULT_STRING:
+        if job.fault is Fault.RESULT_STRING:
             shape = "string"
-        if job.outcome is not None and job.outcome.fault is Fault.RESULT_LIST:
+        if job.fault is Fault.RESULT_LIST:
             shape = "list"
-        return {"string": urls[0], "list": urls}.get(shape, {"images": urls})
+        if shape == "string":
+            return urls[0]
+        if shape == "list":
+            return urls
+        if job.fault is Fault.EXTRA_KEYS:
+            return {
+                "images": urls,
+                "thumbnails": [f"{url}?size=thumbnail" for url in urls],
+                "nsfw": [False] * len(urls),
+            }
+        return {"images": urls}
 
     def list_jobs(self, owner: str, status: str | None, model: str | None) -> list[JobRecord]:
         now = self.clock()
