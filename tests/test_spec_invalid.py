@@ -80,6 +80,12 @@ RULES = {
     "variants_invalid_value",
     # secrets and URLs
     "webhook_not_https",
+    "webhook_events_without_url",
+    "webhook_events_defaults_without_url",
+    "webhook_events_unknown",
+    "webhook_events_duplicate",
+    "webhook_events_empty",
+    "webhook_events_not_a_list",
     "secret_api_key",
     "secret_password_in_params",
     "secret_token_in_image",

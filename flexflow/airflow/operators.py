@@ -74,6 +74,8 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
     :param flux: ``fluxParams``; every documented default is applied (templated)
     :param flux_overrides: values laid over ``flux``, for mapping over variants (templated)
     :param webhook_url: https URL the API notifies when the job finishes
+    :param webhook_events: the events sent to ``webhook_url`` (``progress``, ``completed``, ``failed``);
+        None for the API's default (completed and failed)
     :param apiframe_conn_id: the ``apiframe`` connection (base URL and API key)
     :param wait_for_completion: also wait for the job in this task (for hand-written DAGs)
     :param deferrable: wait in the triggerer rather than holding a worker slot (default: Airflow's
@@ -99,6 +101,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         flux: Mapping[str, Any] | None = None,
         flux_overrides: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         apiframe_conn_id: str = defaults.CONNECTION_ID,
         wait_for_completion: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -112,6 +115,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         self.flux = flux or {}
         self.flux_overrides = flux_overrides or {}
         self.webhook_url = webhook_url
+        self.webhook_events = list(webhook_events) if webhook_events else None
         self.wait_for_completion = wait_for_completion
         self.job_timeout = job_timeout
         self.wait_with(apiframe_conn_id, deferrable, poll_interval, max_poll_interval)
@@ -121,7 +125,8 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
 
     def build_request(self) -> dict[str, Any]:
         """The request body after templating; fails the task (no retries, no call) when the API would reject it."""
-        body = generation_request(self.prompt, {**self.flux, **self.flux_overrides}, self.webhook_url)
+        flux = {**self.flux, **self.flux_overrides}
+        body = generation_request(self.prompt, flux, self.webhook_url, self.webhook_events)
         problems = validate_request(body)
         if problems:
             listed = "; ".join(f"{p.dotted_path}: {p.message}" for p in problems)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flexflow.contract import wire
@@ -10,9 +10,17 @@ from flexflow.contract.params import JsonScalar, apply_defaults
 
 
 def generation_request(
-    prompt: str, flux_params: Mapping[str, JsonScalar], webhook_url: str | None = None
+    prompt: str,
+    flux_params: Mapping[str, JsonScalar],
+    webhook_url: str | None = None,
+    webhook_events: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /v2/images/generate``, every documented default applied (sent explicitly)."""
+    """The body of ``POST /v2/images/generate``, every documented default applied (sent explicitly).
+
+    ``webhook_events`` go only beside a ``webhook_url``; without them the API sends its default
+    events. They are left out rather than sent as the default, so the bodies (and the
+    Idempotency-Keys hashed from them) of specs without the key stay as they were.
+    """
     body: dict[str, Any] = {
         "prompt": prompt,
         "model": wire.MODEL_ID,
@@ -20,4 +28,6 @@ def generation_request(
     }
     if webhook_url:
         body[wire.WEBHOOK_URL_FIELD] = webhook_url
+        if webhook_events:
+            body[wire.WEBHOOK_EVENTS_FIELD] = list(webhook_events)
     return body

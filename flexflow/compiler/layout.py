@@ -147,6 +147,7 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
         "prompt": image.prompt,
         "flux": thawed(image.flux),
         "webhook_url": image.webhook_url,
+        "webhook_events": list(image.webhook_events) if image.webhook_events else None,
         "job_timeout": image.timeout,
         **api,
         **retry,

@@ -67,7 +67,12 @@ def _image(image: Mapping[str, Any], defaults: Mapping[str, Any]) -> model.Image
         timeout=_duration(setting("timeout", None), fallback.JOB_TIMEOUT),
         poll_interval=_duration(setting("poll_interval", None), fallback.POLL_INTERVAL),
         webhook_url=setting("webhook_url", None),
+        webhook_events=_events(setting("webhook_events", None)),
     )
+
+
+def _events(value: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
 
 
 def _duration(value: str | None, otherwise: timedelta) -> timedelta:

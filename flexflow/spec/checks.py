@@ -59,6 +59,7 @@ def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
         yield from _settings(image, ("images", index))
     if isinstance(data.get("defaults"), dict):
         yield from _settings(data["defaults"], ("defaults",))
+    yield from _webhook_events(data.get("defaults"), images)
     yield from _publish(data, len(images), any(isinstance(i, dict) and i.get("variants") for i in images))
 
 
@@ -112,6 +113,31 @@ def _settings(settings: Mapping[str, Any], path: KeyPath) -> Iterator[Finding]:
                 parse_duration(value)
             except ValueError as exc:
                 yield (*path, key), str(exc)
+
+
+#: Why webhook_events needs a URL: the API would take the events and notify no one.
+_EVENTS_WITHOUT_URL = "webhook_events has no effect without webhook_url"
+
+
+def _webhook_events(defaults: object, images: list[Any]) -> Iterator[Finding]:
+    """webhook_events only beside a webhook_url that applies to it: its image's, or one in defaults.
+
+    Events in ``defaults`` need a URL in ``defaults`` or in at least one image (the images without
+    one get no webhook, as without events).
+    """
+    shared = defaults if isinstance(defaults, dict) else {}
+    own = [image for image in images if isinstance(image, dict)]
+    for index, image in enumerate(images):
+        if isinstance(image, dict) and "webhook_events" in image and "webhook_url" not in {**shared, **image}:
+            yield (
+                ("images", index, "webhook_events"),
+                f"{_EVENTS_WITHOUT_URL}: set webhook_url in this image or in defaults, or remove webhook_events",
+            )
+    if "webhook_events" in shared and "webhook_url" not in shared and not any("webhook_url" in i for i in own):
+        yield (
+            ("defaults", "webhook_events"),
+            f"{_EVENTS_WITHOUT_URL}: set webhook_url in defaults or in an image, or remove webhook_events",
+        )
 
 
 def _templates(data: Mapping[str, Any]) -> Iterator[Finding]:

@@ -58,6 +58,7 @@ class ImageSpec:
     timeout: timedelta
     poll_interval: timedelta
     webhook_url: str | None
+    webhook_events: tuple[str, ...] | None  # None: the API's default events (completed, failed)
 
     def job_flux(self, variant: Variant) -> dict[str, JsonScalar]:
         """The full fluxParams of one job of this image."""

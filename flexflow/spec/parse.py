@@ -11,6 +11,7 @@ from typing import Any
 
 from jsonschema.exceptions import ValidationError
 
+from flexflow.contract import wire
 from flexflow.contract.schema import Problem
 from flexflow.spec.problems import SpecError, SpecProblem
 from flexflow.spec.schema import DURATION_KEYS, spec_checker
@@ -37,6 +38,7 @@ _HINTS = {
     "name": "must be lowercase letters, digits and _, starting with a letter",
     "dag_id": "must be letters, digits, '_', '.' and '-'",
     "webhook_url": "must be an https URL",
+    "webhook_events": f"must be a list of the API's webhook events ({', '.join(wire.WEBHOOK_EVENTS)})",
     "to": "must be a file://, s3:// or gs:// URL",
     "start_date": "must be a date such as 2026-11-01",
     "version": "must be 1 (the only spec format so far)",
@@ -51,6 +53,21 @@ def _hint(path: KeyPath, error: ValidationError) -> str | None:
         return "a spec needs at least one image"
     if error.validator == "minItems" and len(path) >= 2 and path[-2] == "variants":
         return f"list at least one value for {key}"
+    if key == "webhook_events":
+        return _events_hint(error)
     if key in _HINTS and error.validator in ("pattern", "const", "type"):
         return f"{_HINTS[key]}; got {error.instance!r}"
     return None
+
+
+def _events_hint(error: ValidationError) -> str:
+    """What to write for webhook_events: the API's event names, each once, or no key for its default."""
+    events = ", ".join(wire.WEBHOOK_EVENTS)
+    if error.validator == "minItems":
+        default = " and ".join(wire.DEFAULT_WEBHOOK_EVENTS)
+        return f"list at least one event ({events}), or leave webhook_events out for the API's default ({default})"
+    if error.validator == "uniqueItems":
+        return f"names an event twice; list each once: {error.instance!r}"
+    if error.validator == "enum":
+        return f"unknown webhook event {error.instance!r}; the API sends {events}"
+    return f"{_HINTS['webhook_events']}; got {error.instance!r}"

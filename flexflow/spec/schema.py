@@ -47,6 +47,21 @@ def _webhook() -> dict[str, Any]:
     }
 
 
+def _webhook_events() -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": {"enum": list(wire.WEBHOOK_EVENTS)},
+        "description": (
+            "The events the webhook receives (needs webhook_url); the API's default is "
+            + " and ".join(wire.DEFAULT_WEBHOOK_EVENTS)
+            + "."
+        ),
+        "examples": [list(wire.WEBHOOK_EVENTS)],
+    }
+
+
 def _task_settings() -> dict[str, Any]:
     """Keys that `defaults` sets for every image and an image may set for itself."""
     return {
@@ -64,6 +79,7 @@ def _task_settings() -> dict[str, Any]:
             "First interval between job status checks (it grows on long jobs).", defaults.POLL_INTERVAL, "10s"
         ),
         "webhook_url": _webhook(),
+        "webhook_events": _webhook_events(),
     }
 
 
