@@ -8,10 +8,12 @@ import hashlib
 import http.server
 import io
 import json
+import random
 import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,10 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 
-from flexflow.client import FluxClient
+from flexflow.client import USER_AGENT, FluxClient
+from flexflow.client.results import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
-from flexflow.publishing.download import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator
 from flexflow.publishing.paths import (
     PathRefused,
@@ -34,6 +36,7 @@ from flexflow.publishing.paths import (
     checked_name,
     checked_param,
     literal_prefix,
+    numbered,
     planned_target,
     substituted,
     unique_names,
@@ -42,7 +45,7 @@ from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import template_params
 from tests.airflow_helpers import load_module, rows, task_states, xcom
-from tests.conftest import ROOT, flux_request
+from tests.conftest import ROOT, fast_retry, flux_request
 
 PUBLISH_ROOT = Path("/tmp/flexflow-test-publish")
 
@@ -175,6 +178,39 @@ def test_two_jobs_never_share_a_name() -> None:
         unique_names(["a.png", "b.png", "a.png"])
 
 
+def test_a_jobs_several_images_are_numbered_before_the_extension() -> None:
+    assert [numbered("poster.png", n) for n in (1, 2)] == ["poster-1.png", "poster-2.png"]
+    assert numbered("a.b.webp", 3) == "a.b-3.webp", "the number goes before the last extension only"
+    assert numbered("noext", 2) == "noext-2"
+    assert numbered(".hidden", 2) == ".hidden-2"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["poster.png", "poster-1.png"],
+        ["poster_seed.png", "poster_seed-1.png", "poster_seed-2.png"],
+        ["noext", "noext-12"],
+    ],
+)
+def test_a_name_that_another_jobs_numbered_images_would_take_is_refused(names: list[str]) -> None:
+    with pytest.raises(PathRefused, match=f"the file name {names[1]!r} is what the job writing {names[0]!r} names"):
+        unique_names(names)
+
+
+def test_names_that_only_look_numbered_are_accepted() -> None:
+    unique_names(["poster-1.png", "poster-2.png"])  # no job writes "poster.png"
+    unique_names(["poster.png", "poster-0.png", "poster-01.png", "poster-x.png", "poster-1.jpg.png"])
+    unique_names(["{job_id}.png", "{job_id}-1.png"])  # two jobs' ids never make one name
+
+
+def test_an_image_and_a_variant_that_could_collide_are_refused_before_any_submit() -> None:
+    """Image ``poster_seed`` would number its images ``poster_seed-1.png``: the file of ``poster``'s seed 1."""
+    files = [PlannedFile("poster", "_seed-1", "png"), PlannedFile("poster_seed", "", "png")]
+    with pytest.raises(PathRefused, match=re.escape("'poster_seed-1.png' is what the job writing 'poster_seed.png'")):
+        planned_target("file:///srv/x", "file:///srv/", "{image}{variant}.{ext}", files, {})
+
+
 @pytest.mark.parametrize("value", ["../../etc", "/abs", "a/b", "..", "a\x00b", "a\nb", "a\\b", "x..y"])
 def test_a_param_value_with_path_syntax_is_refused(value: str) -> None:
     with pytest.raises(PathRefused, match="param 'campaign'"):
@@ -299,12 +335,218 @@ def test_a_body_over_the_byte_limit_is_refused(client: FluxClient) -> None:
         download_image(url, expected_format="png", max_bytes=100)
 
 
-def test_a_server_error_is_a_download_error(client: FluxClient, emulator: EmulatorServer) -> None:
-    url, _ = finished_job(client, "503")
-    emulator.faults.add({"fault": "http_503", "count": 1, "route": "file"})
-    with pytest.raises(DownloadError, match=r"answered 503$"):
-        download_image(url, expected_format="png")
+@pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503", "http_504", "drop", "rate_limit"])
+def test_transient_faults_are_retried_inside_one_download(
+    client: FluxClient, emulator: EmulatorServer, fault: str
+) -> None:
+    url, flux = finished_job(client, fault)
+    emulator.faults.add({"fault": fault, "count": 2, "route": "file", "retry_after": 0.5})
+    sleeps: list[float] = []
+    image = download_image(
+        url, expected_format="png", expected_size=output_size(flux), retry=fast_retry(), sleep=sleeps.append
+    )
+    assert image.format == "png"
+    assert len(sleeps) == 2, "two faults, two waits, one download"
+    if fault == "rate_limit":
+        assert sleeps == [0.5, 0.5], "a 429 waits exactly its Retry-After"
+
+
+def test_a_slow_download_times_out_and_is_retried(client: FluxClient, emulator: EmulatorServer) -> None:
+    url, _ = finished_job(client, "slow")
+    emulator.faults.add({"fault": "slow", "count": 1, "route": "file", "delay": 2.0})
+    sleeps: list[float] = []
+    with httpx2.Client(timeout=0.5) as http:
+        image = download_image(url, expected_format="png", client=http, retry=fast_retry(), sleep=sleeps.append)
+    assert image.format == "png"
+    assert len(sleeps) == 1
+
+
+def test_transient_faults_that_outlast_the_retries_fail_the_try_not_the_job(
+    client: FluxClient, emulator: EmulatorServer
+) -> None:
+    url, _ = finished_job(client, "503-burst")
+    emulator.faults.add({"fault": "http_503", "count": 3, "route": "file"})
+    with pytest.raises(DownloadError, match=r"answered 503 \(after 3 attempts\)$") as caught:
+        download_image(url, expected_format="png", retry=fast_retry(max_attempts=3), sleep=lambda _: None)
+    assert not caught.value.permanent, "the result may still be there: the task's next try downloads it again"
     assert download_image(url, expected_format="png").format == "png", "the next try works"
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+def test_a_result_that_is_gone_is_not_asked_for_again(status: int) -> None:
+    with (
+        scripted_server([(status, {"Content-Type": "text/plain"}, b"gone")]) as (url, seen),
+        pytest.raises(DownloadError, match=rf"answered {status} \(the result has expired or was purged\)$") as caught,
+    ):
+        download_image(url, expected_format="png", retry=fast_retry(), sleep=_never)
+    assert caught.value.permanent
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 500])
+def test_a_request_timeout_or_server_error_is_asked_again(status: int) -> None:
+    with scripted_server([(status, {}, b""), (200, {"Content-Type": "image/png"}, png_bytes())]) as (url, seen):
+        image = download_image(url, expected_format="png", retry=fast_retry(), sleep=lambda _: None)
+    assert image.width == 8
+    assert len(seen) == 2
+
+
+def test_a_429_without_retry_after_waits_the_policys_default() -> None:
+    with scripted_server([(429, {}, b""), (200, {"Content-Type": "image/png"}, png_bytes())]) as (url, _):
+        sleeps: list[float] = []
+        download_image(url, expected_format="png", retry=fast_retry(rate_limit_wait=0.2), sleep=sleeps.append)
+    [wait] = sleeps
+    assert 0.2 <= wait <= 0.25, "the default wait, stretched a little, never the backoff's few milliseconds"
+
+
+def test_downloads_say_who_is_asking_and_never_send_the_key(client: FluxClient) -> None:
+    with scripted_server([(200, {"Content-Type": "image/png"}, png_bytes())]) as (url, seen):
+        download_image(url, expected_format="png")
+    [headers] = seen
+    assert headers["user-agent"] == USER_AGENT
+    assert not any("key" in name.lower() or name.lower() == "authorization" for name in headers)
+
+
+# -- nothing partial or corrupt is returned (a loopback server scripted per request) ----------------
+
+
+def test_a_cut_transfer_is_asked_again_and_never_returned() -> None:
+    """The server announces the whole length and closes the connection halfway: transient, never kept."""
+    whole = png_bytes((64, 64))
+    cut = (200, {"Content-Type": "image/png", "Content-Length": str(len(whole))}, whole[: len(whole) // 2])
+    ok = (200, {"Content-Type": "image/png"}, whole)
+    with scripted_server([cut, cut, ok]) as (url, seen):
+        image = download_image(
+            url, expected_format="png", expected_size=(64, 64), retry=fast_retry(), sleep=lambda _: None
+        )
+    assert image.data == whole
+    assert len(seen) == 3
+
+
+def test_a_transfer_cut_on_every_attempt_fails_the_try_as_transient() -> None:
+    whole = png_bytes((64, 64))
+    cut = (200, {"Content-Type": "image/png", "Content-Length": str(len(whole))}, whole[:100])
+    with scripted_server([cut] * 3) as (url, _), pytest.raises(DownloadError, match="after 3 attempts") as caught:
+        download_image(url, expected_format="png", retry=fast_retry(max_attempts=3), sleep=lambda _: None)
+    assert not caught.value.permanent
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) * 2 // 3]
+
+
+def corrupted(data: bytes) -> bytes:
+    """Same length, headers intact, the compressed pixel data garbled."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(64) + data[middle + 64 :]
+
+
+def noisy_png(size: tuple[int, int] = (64, 64)) -> bytes:
+    """A png whose pixel data is large and incompressible enough that damage to it is in the pixels."""
+    image = Image.frombytes("RGB", size, random.Random(11).randbytes(size[0] * size[1] * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, random.Random(12).randbytes(size[0] * size[1] * 3)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body", "reason"),
+    [
+        ("png", truncated(noisy_png()), "truncated"),
+        ("png", corrupted(noisy_png()), "corrupt"),
+        ("png", noisy_png()[:-12], "no IEND"),
+        ("jpg", truncated(jpeg_bytes()), "truncated"),
+        ("jpg", jpeg_bytes()[:-2], "no end-of-image marker"),
+    ],
+    ids=["png-truncated", "png-corrupt", "png-no-end", "jpg-truncated", "jpg-no-end"],
+)
+def test_an_image_broken_at_its_source_is_refused_at_once_when_it_arrived_whole(
+    fmt: str, body: bytes, reason: str
+) -> None:
+    """The announced length arrived, so the file itself is broken: permanent, not asked for again."""
+    served = (200, {"Content-Type": f"image/{'jpeg' if fmt == 'jpg' else fmt}", "Content-Length": str(len(body))}, body)
+    with (
+        scripted_server([served]) as (url, seen),
+        pytest.raises(DownloadError, match=f"is not a readable {fmt} image") as caught,
+    ):
+        download_image(url, expected_format=fmt, expected_size=(64, 64), retry=fast_retry(), sleep=_never)
+    assert caught.value.permanent, reason
+    assert len(seen) == 1
+
+
+def test_an_undecodable_image_without_a_length_is_asked_once_more_then_refused() -> None:
+    """Without Content-Length the cut cannot be told from a broken file; the same bytes twice are the file."""
+    body = truncated(noisy_png())
+    served = (200, {"Content-Type": "image/png"}, body)
+    with (
+        scripted_server([served, served]) as (url, seen),
+        pytest.raises(DownloadError, match="after 2 attempts") as caught,
+    ):
+        download_image(url, expected_format="png", retry=fast_retry(), sleep=lambda _: None)
+    assert caught.value.permanent
+    assert len(seen) == 2
+
+
+def test_an_image_served_as_html_is_not_an_image() -> None:
+    served = [(200, {"Content-Type": "text/html"}, png_bytes())]
+    with scripted_server(served) as (url, _), pytest.raises(DownloadError, match=r"served as 'text/html'") as caught:
+        download_image(url, expected_format="png", sleep=_never)
+    assert caught.value.permanent
+    assert "is not a png image" in str(caught.value)
+
+
+def test_without_an_expected_format_any_flux_format_is_accepted_and_checked() -> None:
+    with scripted_server([(200, {}, jpeg_bytes()), (200, {}, b"<html>")]) as (url, _):
+        assert download_image(url, expected_format=None).format == "jpg"
+        with pytest.raises(DownloadError, match="is not a png, jpg or webp image"):
+            download_image(url, expected_format=None, sleep=_never)
+
+
+def _never(seconds: float) -> None:
+    raise AssertionError(f"a permanent failure was retried (a wait of {seconds}s was asked)")
+
+
+Scripted = tuple[int, dict[str, str], bytes]
+
+
+@contextmanager
+def scripted_server(responses: list[Scripted]) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback HTTP server answering each GET with the next scripted response, sent as written: a
+    Content-Length longer than the body is sent as is and the connection closed (a cut transfer).
+    Yields its URL and the headers of each request it received."""
+    script = list(responses)
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({name.lower(): value for name, value in self.headers.items()})
+            status, headers, body = script.pop(0)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if "Content-Length" not in headers:
+                self.send_header("Connection", "close")  # the body ends when the connection does
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/result/0.png", seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- redirects (the emulator never redirects) ----------------------------------------------------
@@ -524,7 +766,7 @@ def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
 
     assert sorted(p.name for p in folder.iterdir()) == [f"{stored}.png"], "only the finished image, no manifest"
     assert not (folder / MANIFEST_NAME).exists()
-    assert "1 of 2 images were not published, so no manifest was written and no Asset event sent" in output
+    assert "1 of 2 jobs did not publish all their images, so no manifest was written and no Asset event sent" in output
     assert f"Files this run did store:\n  file://{folder / f'{stored}.png'}" in output
     assert asset_events(airflow_db, dag_id, dag_run.run_id) == [], "no Asset event for a half-published run"
 
@@ -560,21 +802,28 @@ def test_a_failed_variant_does_not_keep_its_siblings_from_being_published(
 
     published = {f"poster_seed-{seed}.png" for seed in (1, 2, 3)} - {f"poster_seed-{failed + 1}.png"}
     assert {p.name for p in folder.iterdir()} == published, "both finished variants stored, no manifest"
-    assert "1 of 3 images were not published, so no manifest was written and no Asset event sent" in output
+    assert "1 of 3 jobs did not publish all their images, so no manifest was written and no Asset event sent" in output
     assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
     accounting = emulator.accounting()
     assert accounting["jobs_created"] == 3
     assert accounting["jobs_billed"] == 2, "the FAILED job is not billed; both published ones are"
 
 
+@pytest.mark.parametrize(
+    ("faults", "tries"),
+    [(1, [1, 1]), (5, [1, 2])],
+    ids=["retried-inside-the-try", "outlasting-the-try"],
+)
 def test_a_publish_retry_after_a_failed_download_stores_each_file_once(
-    faulted_run: Callable[..., FaultedRun], emulator: EmulatorServer, airflow_db: Path
+    faulted_run: Callable[..., FaultedRun], emulator: EmulatorServer, airflow_db: Path, faults: int, tries: list[int]
 ) -> None:
-    run = faulted_run("retried", fault="http_503", route="file")
+    """One 503 is ridden out inside the try; five (every attempt of one download) fail the try, and the task's
+    retry downloads the same result again: no new job, no second file either way."""
+    run = faulted_run("retried", fault="http_503", route="file", count=faults)
     dag_id, dag_run, folder, states = run.dag_id, run.dag_run, run.folder, run.states
 
     assert dag_run.state == "success", states
-    assert sorted(states[f"tile.publish[{i}]"] for i in (0, 1)) == [("success", 1), ("success", 2)]
+    assert sorted(states[f"tile.publish[{i}]"] for i in (0, 1)) == [("success", n) for n in tries]
     names = ["tile_seed-1.png", "tile_seed-2.png"]
     assert sorted(p.name for p in folder.iterdir()) == sorted([*names, MANIFEST_NAME])
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
@@ -598,7 +847,7 @@ def test_a_result_that_is_not_an_image_fails_publish_and_writes_no_manifest(
     assert states["only.publish"] == ("failed", 1)
     assert states["finalize"] == ("failed", 1)
     assert "is not a png image" in output
-    assert "1 of 1 images were not published" in output
+    assert "1 of 1 jobs did not publish all their images" in output
     assert "Files this run did store:\n  (none)" in output
     assert not (folder / MANIFEST_NAME).exists()
     assert not folder.exists() or list(folder.iterdir()) == [], "nothing was stored"

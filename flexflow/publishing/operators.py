@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.outcome import JobOutcome
+from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
-from flexflow.publishing.download import DownloadError, download_image
 from flexflow.publishing.paths import (
     JOB_ID,
     MANIFEST_NAME,
     PathRefused,
     PlannedFile,
     checked_name,
+    numbered,
     planned_target,
     substituted,
 )
@@ -119,48 +121,97 @@ class PublishImageOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         outcome = JobOutcome.from_stored(self.job)
         flux = self.request["fluxParams"]
+        if not outcome.images:
+            raise AirflowFailException(self._paid_but_lost(outcome, "empty: it returned no images", context))
         folder = target_folder(self.target[FOLDER], self.conn_id)
-        pattern = self.target[NAMES][self.image][self.variant]
+        names = self._names(outcome)
+        # Every image of the job is downloaded and checked before any is stored: a job publishes whole.
+        images = [self._download(url, number, outcome, flux, context) for number, url in enumerate(outcome.images, 1)]
         records = []
-        for number, url in enumerate(outcome.images):
-            name = self._name(pattern, outcome.job_id, number if len(outcome.images) > 1 else None)
-            try:
-                image = download_image(url, expected_format=flux["output_format"], expected_size=output_size(flux))
-            except DownloadError as exc:
-                where = f"{exc} (job {outcome.job_id}, image {self.image}{self.variant})"
-                if exc.permanent:  # retrying the download cannot bring the result back
-                    raise AirflowFailException(f"{where}; clear the submit task to generate it again") from exc
-                raise DownloadError(where) from exc
+        for number, (name, image) in enumerate(zip(names, images, strict=True), 1):
             target = folder / name
             write_atomic(target, image.data)
-            self.log.info(
-                "stored %s (%dx%d, %d bytes, sha256 %s)",
-                target,
-                image.width,
-                image.height,
-                len(image.data),
-                image.sha256,
-            )
-            records.append(
-                {
-                    "file": str(target),
-                    "name": name,
-                    "image": self.image,
-                    "variant": self.variant,
-                    "prompt": self.request["prompt"],
-                    "flux": flux,
-                    "seed": flux.get("seed"),
-                    "job_id": outcome.job_id,
-                    "credit_cost": outcome.credit_cost,
-                    "sha256": image.sha256,
-                    "bytes": image.size_bytes,
-                    "width": image.width,
-                    "height": image.height,
-                    "format": image.format,
-                    "published_at": datetime.now(UTC).isoformat(),
-                }
-            )
+            self.log.info("stored %s (%dx%d, %d bytes, sha256 %s)", target, image.width, image.height, *_size(image))
+            records.append(self._record(str(target), name, image, outcome, number, flux))
         return records
+
+    def _download(
+        self, url: str, number: int, outcome: JobOutcome, flux: Mapping[str, Any], context: Context
+    ) -> DownloadedImage:
+        """One image, whole and checked; transient faults were retried inside, so what is left fails the try."""
+        try:
+            return download_image(url, expected_format=flux["output_format"], expected_size=output_size(dict(flux)))
+        except DownloadError as exc:
+            of = f" (image {number} of {len(outcome.images)})" if len(outcome.images) > 1 else ""
+            if exc.permanent:  # retrying the download cannot bring the result back: no retries, say what will
+                raise AirflowFailException(self._paid_but_lost(outcome, f"unusable{of}: {exc}", context)) from exc
+            raise DownloadError(
+                f"{exc} (job {outcome.job_id}, {self._which()}{of}); the task's next try downloads it again"
+            ) from exc
+
+    def _record(
+        self, file: str, name: str, image: DownloadedImage, outcome: JobOutcome, number: int, flux: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One stored file, for the manifest: ``index`` (from 1) among ``job_images``, the images its job returned."""
+        return {
+            "file": file,
+            "name": name,
+            "image": self.image,
+            "variant": self.variant,
+            "prompt": self.request["prompt"],
+            "flux": flux,
+            "seed": flux.get("seed"),
+            "job_id": outcome.job_id,
+            "index": number,
+            "job_images": len(outcome.images),
+            "credit_cost": outcome.credit_cost,
+            "sha256": image.sha256,
+            "bytes": image.size_bytes,
+            "width": image.width,
+            "height": image.height,
+            "format": image.format,
+            "published_at": datetime.now(UTC).isoformat(),
+        }
+
+    def _which(self) -> str:
+        return f"image {self.image}, variant {self.variant}" if self.variant else f"image {self.image}"
+
+    def _paid_but_lost(self, outcome: JobOutcome, why: str, context: Context) -> str:
+        """What happened to a paid result that cannot be published, and exactly what clearing will cost."""
+        cost = outcome.credit_cost
+        billed = f"{cost} credits" if cost is not None else "its price"
+        again = f"about {cost} credits" if cost is not None else "about what this one cost"
+        return (
+            f"job {outcome.job_id} ({self._which()}) completed and was billed {billed}, but its result is {why}. "
+            f"Clear {self._submit_task(context)} with its downstream tasks to generate it again: "
+            f"that submits ONE new job, billed {again}."
+        )
+
+    def _submit_task(self, context: Context) -> str:
+        """The task that submitted this job (an upstream FluxFlexOperator), as a person finds it in the UI."""
+        task_ids = sorted(self.upstream_task_ids)
+        if self._dag is not None:
+            task_ids = [t for t in task_ids if isinstance(self.dag.get_task(t), FluxFlexOperator)]
+        submit = next((t for t in task_ids if t.rpartition(".")[2] == "submit"), task_ids[0] if task_ids else None)
+        if submit is None:
+            return "the submit task"
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", -1)
+        return f"`{submit}` (map index {map_index})" if isinstance(map_index, int) and map_index >= 0 else f"`{submit}`"
+
+    def _names(self, outcome: JobOutcome) -> list[str]:
+        """Each image's file name; numbered when the job returned several, and never another job's name."""
+        pattern = self.target[NAMES][self.image][self.variant]
+        count = len(outcome.images)
+        names = [self._name(pattern, outcome.job_id, number if count > 1 else None) for number in range(1, count + 1)]
+        others = {n for by_variant in self.target[NAMES].values() for n in by_variant.values()} - {pattern}
+        taken = sorted(set(names) & others)
+        if taken:
+            raise AirflowFailException(
+                f"job {outcome.job_id} returned {count} images, and {taken[0]!r} is another job's file name; "
+                "nothing was written (rename the image or change publish.filename)"
+            )
+        return names
 
     @staticmethod
     def _name(pattern: str, job_id: str, number: int | None) -> str:
@@ -170,13 +221,16 @@ class PublishImageOperator(BaseOperator):
         """
         name = substituted(pattern, {"job_id": job_id})
         if number is not None:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}-{number}{dot}{ext}"
+            name = numbered(name, number)
         try:
             return checked_name(name, reserved=(MANIFEST_NAME,))
         except PathRefused as exc:
             where = " (the job id the API returned)" if JOB_ID in pattern else ""
             raise AirflowFailException(f"{exc}{where}; nothing was written") from exc
+
+
+def _size(image: DownloadedImage) -> tuple[int, str]:
+    return image.size_bytes, image.sha256
 
 
 class FinalizeRunOperator(BaseOperator):
@@ -204,6 +258,8 @@ class FinalizeRunOperator(BaseOperator):
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
         super().__init__(outlets=[Asset(asset)], **kwargs)
         self.publish_task_ids = list(publish_task_ids)
+        # The run's job count: named when each job returned one file. A job may return several; how
+        # many it did comes with its publish task's records (``job_images``), and each is counted.
         self.expected_files = expected_files
         self.target = target  # the prepare task's result: the folder the images went to
         self.asset = asset
@@ -213,10 +269,12 @@ class FinalizeRunOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         records = [record for task_id in self.publish_task_ids for record in self._published(ti, task_id)]
-        if len(records) < self.expected_files:
+        jobs = published_jobs(records)
+        missing = self.expected_jobs - len(jobs)
+        if missing > 0:
             stored = "\n".join(f"  {r['file']}" for r in records) or "  (none)"
             raise AirflowFailException(
-                f"{self.expected_files - len(records)} of {self.expected_files} images were not published, "
+                f"{missing} of {self.expected_jobs} jobs did not publish all their images, "
                 f"so no manifest was written and no Asset event sent. Files this run did store:\n{stored}"
             )
         run_id = context["run_id"]
@@ -233,6 +291,7 @@ class FinalizeRunOperator(BaseOperator):
                 "run_id": run_id,
                 "published_at": datetime.now(UTC).isoformat(),
                 "asset": self.asset,
+                "jobs": len(jobs),
                 "files": files,
             }
             write_atomic(manifest_path, json.dumps(document, indent=2).encode())
@@ -243,10 +302,28 @@ class FinalizeRunOperator(BaseOperator):
             "files": [f["file"] for f in files],
             "job_ids": sorted({f["job_id"] for f in files}),
         }
-        return {"manifest": str(manifest_path) if manifest_path else None, "files": len(files)}
+        return {"manifest": str(manifest_path) if manifest_path else None, "files": len(files), "jobs": len(jobs)}
+
+    @property
+    def expected_jobs(self) -> int:
+        return self.expected_files
 
     @staticmethod
     def _published(ti: Any, task_id: str) -> list[dict[str, Any]]:
         """Every record a publish task returned: each of its (mapped) instances returned a list."""
         per_instance = ti.xcom_pull(task_ids=[task_id]) or []
         return [record for records in per_instance if records for record in records]
+
+
+def published_jobs(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The jobs every one of whose images is stored: ``index`` 1..``job_images``, each exactly once.
+
+    A record of a version before ``job_images`` counts for its job's one image.
+    """
+    indexes: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
+    for record in records:
+        job = str(record["job_id"])
+        indexes.setdefault(job, []).append(int(record.get("index", 1)))
+        counts[job] = int(record.get("job_images", 1))
+    return {job for job, seen in indexes.items() if sorted(seen) == list(range(1, counts[job] + 1))}

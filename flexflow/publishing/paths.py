@@ -112,13 +112,46 @@ def substituted(pattern: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), pattern)
 
 
+def numbered(name: str, number: int) -> str:
+    """The name of a job's ``number``-th image (from 1) when it returns several: ``poster.png`` -> ``poster-2.png``.
+
+    The number goes before the extension, so the file keeps its type; :func:`unique_names` refuses a run in
+    which such a name could be another job's file.
+    """
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{number}.{ext}" if dot and stem else f"{name}-{number}"
+
+
+def _unnumbered(name: str) -> str | None:
+    """The name whose numbered form ``name`` is (``poster-2.png`` -> ``poster.png``), or None."""
+    stem, dot, ext = name.rpartition(".")
+    if not (dot and stem):
+        stem, dot, ext = name, "", ""
+    match = _NUMBERED_STEM.fullmatch(stem)
+    return f"{match[1]}{dot}{ext}" if match else None
+
+
+_NUMBERED_STEM = re.compile(r"(.+)-[1-9][0-9]*")
+
+
 def unique_names(names: Iterable[str]) -> None:
-    """Refuses two jobs writing one file. Names still holding ``{job_id}`` differ by their job's id."""
+    """Refuses two jobs writing one file. Names still holding ``{job_id}`` differ by their job's id.
+
+    A job may return several images, numbered by :func:`numbered`; a name that is another name's numbered
+    form (``poster_seed-1.png`` beside ``poster_seed.png``) is refused too, since it could be overwritten.
+    """
     seen: set[str] = set()
     for name in names:
         if name in seen and JOB_ID not in name:
             raise PathRefused(f"two images of the run would be written to {name!r}; file names must be unique")
         seen.add(name)
+    for name in sorted(seen):
+        base = _unnumbered(name)
+        if base in seen and JOB_ID not in name:
+            raise PathRefused(
+                f"the file name {name!r} is what the job writing {base!r} names its images when it returns "
+                "several (numbered before the extension); rename one of the images or change publish.filename"
+            )
 
 
 def checked_param(name: str, value: object) -> None:
