@@ -12,7 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from airflow.triggers.base import TriggerEvent
 
-from flexflow.airflow.hooks import ApiSettings, FluxHook, shared_clients
+from flexflow.airflow.hooks import ApiSettings, FluxHook, Reuse, shared_clients
 from flexflow.airflow.keys import JOB_LINK_XCOM_KEY, JOB_STATE_KEY
 from flexflow.airflow.operators import FluxFlexOperator, idempotency_key
 from flexflow.airflow.outcome import JobOutcome
@@ -21,7 +21,7 @@ from flexflow.airflow.triggers import FluxJobTrigger
 from flexflow.client import FluxClient
 from flexflow.client.polling import PollSchedule
 from flexflow.emulator import EmulatorServer
-from tests.conftest import SECRET_KEY, flux_request
+from tests.conftest import SECRET_KEY, fast_retry, flux_request
 
 FAST = 0.02
 
@@ -171,7 +171,10 @@ def test_without_a_state_store_the_key_still_prevents_a_second_job(
     assert accounting["jobs_created"] == 1
 
 
-@pytest.mark.parametrize("outcome", ["fail", "cancel", "expired_result"])
+@pytest.mark.parametrize(
+    "outcome",
+    ["fail", "cancel", "expired_result", "missing_result", "wrong_content_type", "truncated_image", "corrupt_image"],
+)
 def test_a_try_after_a_failed_or_expired_job_submits_a_new_generation(
     emulator: EmulatorServer, apiframe_connection: str, outcome: str
 ) -> None:
@@ -183,6 +186,87 @@ def test_a_try_after_a_failed_or_expired_job_submits_a_new_generation(
     assert first != second
     assert store[JOB_STATE_KEY]["generation"] == 1
     assert emulator.accounting()["jobs_created"] == 2
+
+
+def completed_job(emulator: EmulatorServer, fault: str | None = None, **flux: Any) -> tuple[str, dict[str, Any]]:
+    """A finished job (its outcome the given fault) and the request it was submitted with."""
+    if fault:
+        emulator.faults.add({"fault": fault, "count": 1})
+    request = flux_request(prompt="reuse check", resolution="0.5MP", output_format="png", **flux)
+    return submit(emulator, resolution="0.5MP", output_format="png", prompt="reuse check", **flux), request
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ("missing_result", "answered 404 (the result has expired or was purged)"),
+        ("wrong_content_type", "is not a png image"),
+        ("truncated_image", "is not a readable png image"),
+        ("corrupt_image", "is not a readable png image"),
+        ("expired_result", "but its results expired"),
+    ],
+)
+def test_a_completed_job_whose_results_are_unusable_is_not_reused_and_says_what_it_costs(
+    emulator: EmulatorServer, apiframe_connection: str, fault: str, why: str
+) -> None:
+    job_id, request = completed_job(emulator, fault)
+    with FluxClient(emulator.url, SECRET_KEY) as client:
+        cost = client.get_job(job_id).credit_cost
+    assert cost
+    reuse = FluxHook().reuse(job_id, request)
+    assert not reuse.reusable
+    assert f"completed and was billed {cost} credits, but its result" in reuse.why
+    assert why in reuse.why
+    assert reuse.why.endswith(f"submitting one new job deliberately, about {cost} credits")
+
+
+def test_a_completed_job_with_usable_results_is_reused(emulator: EmulatorServer, apiframe_connection: str) -> None:
+    emulator.faults.add({"fault": "several_images", "count": 1, "images": 2})
+    job_id, request = completed_job(emulator)
+    reuse = FluxHook().reuse(job_id, request)
+    assert reuse == Reuse(True, "completed, its 2 result(s) checked and usable")
+    assert FluxHook().reuse(job_id).reusable, "without the request, format and size are not known but the rest is"
+
+
+def test_results_of_another_size_than_requested_are_unusable(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    job_id, request = completed_job(emulator)
+    request["fluxParams"]["resolution"] = "1MP"  # not what the job was given: its images are the wrong size
+    reuse = FluxHook().reuse(job_id, request)
+    assert not reuse.reusable
+    assert "expected" in reuse.why
+
+
+def test_results_that_cannot_be_checked_now_keep_the_job(
+    emulator: EmulatorServer, apiframe_connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transient fault outlasting the retries is "cannot tell": the paid job is kept, nothing is paid again."""
+    monkeypatch.setattr(FluxHook, "result_retry", fast_retry(max_attempts=2))
+    job_id, request = completed_job(emulator)
+    emulator.faults.add({"fault": "http_503", "count": 2, "route": "file"})
+    reuse = FluxHook().reuse(job_id, request)
+    assert reuse.reusable
+    assert "cannot be checked now" in reuse.why and "answered 503" in reuse.why
+    assert emulator.accounting()["jobs_created"] == 1
+
+
+def test_a_cleared_submit_after_a_lost_result_pays_for_exactly_one_new_job(
+    emulator: EmulatorServer, apiframe_connection: str
+) -> None:
+    """The path a cleared submit task takes, through the operator and a task_state_store, without Airflow's
+    scheduler: the stored job completed but its result is missing, so the cleared try submits once anew, and
+    a further try reconnects to that new job."""
+    emulator.faults.add({"fault": "missing_result", "count": 1})
+    store = StateStore()
+    operator = FluxFlexOperator(task_id="submit", prompt="lost result", flux={"resolution": "0.5MP"})
+    first = operator.execute(context(TaskInstanceStub(try_number=1), store))
+    cleared = operator.execute(context(TaskInstanceStub(try_number=2), store))
+    again = operator.execute(context(TaskInstanceStub(try_number=3), store))
+    assert first != cleared == again
+    assert store[JOB_STATE_KEY]["generation"] == 1
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == accounting["jobs_billed"] == 2, "the lost one and ONE new one"
 
 
 @pytest.mark.parametrize(

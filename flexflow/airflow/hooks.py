@@ -27,6 +27,8 @@ from flexflow.airflow.outcome import JobOutcome
 from flexflow.airflow.polling import POLL, RECONNECT, Pause, PollAnswer, WaitFlow, WaitStep, WaitTiming, wait_flow
 from flexflow.client import ApiError, ApiKey, AsyncFluxClient, FluxClient, Job, JobNotFound, RetryPolicy
 from flexflow.client.hosts import is_loopback
+from flexflow.client.results import DOWNLOAD_RETRY, first_unusable
+from flexflow.contract import output_size
 from flexflow.contract.wire import PRODUCTION_BASE_URL, JobStatus
 
 #: A client replaced after a 401 is closed this much later, so requests in flight on it can finish.
@@ -104,6 +106,9 @@ class FluxHook(BaseHook):
     conn_type = "apiframe"
     hook_name = "Apiframe (Flux)"
 
+    #: How result checks in :meth:`reuse` retry transient faults (tests put a fast, seeded one here).
+    result_retry: RetryPolicy = DOWNLOAD_RETRY
+
     def __init__(self, apiframe_conn_id: str = defaults.CONNECTION_ID) -> None:
         super().__init__()
         self.apiframe_conn_id = apiframe_conn_id
@@ -156,17 +161,45 @@ class FluxHook(BaseHook):
     def get_job(self, job_id: str) -> Job:
         return self.get_conn().get_job(job_id)
 
-    def reuse(self, job_id: str) -> Reuse:
-        """Whether an earlier try's job still stands: not if it is unknown, failed, cancelled or expired."""
+    def reuse(self, job_id: str, request: Mapping[str, Any] | None = None) -> Reuse:
+        """Whether an earlier try's job still stands: not if it is unknown, failed, cancelled, or completed
+        with results that are gone or unusable (each downloaded and checked, as publishing would).
+
+        ``request``: the body the job was submitted with; its format and pixel size are then checked too.
+        A result that cannot be checked now (a transient fault outlasting the retries) keeps the job:
+        paying again for what may be there is the one thing this must not do by accident.
+        """
         try:
             job = self.get_job(job_id)
         except JobNotFound:
             return Reuse(False, "is unknown to the API")
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             return Reuse(False, f"ended {job.status.value}: {job.error}")
-        if job.status is JobStatus.COMPLETED and job.expired:
-            return Reuse(False, "completed, but its results expired")
+        if job.status is JobStatus.COMPLETED:
+            return self._reuse_completed(job, request)
         return Reuse(True, f"status {job.status.value}")
+
+    def _reuse_completed(self, job: Job, request: Mapping[str, Any] | None) -> Reuse:
+        cost = job.credit_cost
+        billed = f"{cost} credits" if cost is not None else "its price"
+        again = f"submitting one new job deliberately, about {cost if cost is not None else 'as many'} credits"
+        lost = f"completed and was billed {billed}, but its result"
+        if job.expired:
+            return Reuse(False, f"{lost}s expired: {again}")
+        if not job.result_urls:
+            return Reuse(False, f"{lost} holds no images: {again}")
+        flux: Mapping[str, Any] = (request or {}).get("fluxParams") or {}
+        problem = first_unusable(
+            job.result_urls,
+            expected_format=flux.get("output_format"),
+            expected_size=output_size(dict(flux)) if flux else None,
+            retry=self.result_retry,
+        )
+        if problem is None:
+            return Reuse(True, f"completed, its {len(job.result_urls)} result(s) checked and usable")
+        if problem.permanent:
+            return Reuse(False, f"{lost} is unusable ({problem}): {again}")
+        return Reuse(True, f"completed; its results cannot be checked now ({problem}), so it is kept, not paid again")
 
     def wait_for_job(self, job_id: str, timing: WaitTiming) -> JobOutcome:
         """Poll until the job ends or the deadline passes, holding this worker (see ``polling.wait_flow``)."""

@@ -315,3 +315,32 @@ def _check_complete(data: bytes, expected_format: str) -> None:
         raise OSError("the jpg has no end-of-image marker: the file is incomplete")
     if expected_format == "webp" and int.from_bytes(data[4:8], "little") + 8 > len(data):
         raise OSError("the webp's RIFF size does not match its length: the file is incomplete")
+
+
+def first_unusable(
+    urls: tuple[str, ...] | list[str],
+    *,
+    expected_format: str | None,
+    expected_size: tuple[int, int] | None = None,
+    retry: RetryPolicy = DOWNLOAD_RETRY,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DownloadError | None:
+    """Download and check every result of a job: the first permanent failure, else the first transient one,
+    else None (all usable). A transient failure means "cannot tell now", not "unusable"."""
+    transient: DownloadError | None = None
+    with new_download_client() as http:
+        for url in urls:
+            try:
+                download_image(
+                    url,
+                    expected_format=expected_format,
+                    expected_size=expected_size,
+                    client=http,
+                    retry=retry,
+                    sleep=sleep,
+                )
+            except DownloadError as exc:
+                if exc.permanent:
+                    return exc
+                transient = transient or exc
+    return transient
