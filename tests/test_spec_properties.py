@@ -57,7 +57,8 @@ spec_words = st.sampled_from(
     [
         "version", "dag_id", "images", "publish", "to", "name", "prompt", "flux", "variants", "defaults",
         "schedule", "start_date", "timeout", "retry_delay", "poll_interval", "filename", "webhook_url",
-        "guidance", "seed", "steps", "resolution", "aspect_ratio", "params", "api_key", "token", "<<",
+        "webhook_events", "progress", "guidance", "seed", "steps", "resolution", "aspect_ratio", "params",
+        "api_key", "token", "<<",
     ]
 )  # fmt: skip
 keys = spec_words | st.text(max_size=12)
