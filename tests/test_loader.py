@@ -74,7 +74,7 @@ BROKEN_PROBLEMS = [
         7,
         5,
         "images[0].colour: unknown key 'colour'; allowed: name, prompt, variants, flux, retries, "
-        "retry_delay, timeout, poll_interval, webhook_url",
+        "retry_delay, timeout, poll_interval, webhook_url, webhook_events",
     ),
 ]
 DUPLICATES = {
