@@ -40,6 +40,8 @@ MAGIC: dict[str, Callable[[bytes], bool]] = {
     "webp": lambda data: data[:4] == b"RIFF" and data[8:12] == b"WEBP",
 }
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+#: What PIL says when a full decode fails (by format: truncated, broken stream, no decoder).
+UNDECODABLE = "truncated|broken data stream|decoder object|read next frame"
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -386,7 +388,7 @@ def test_truncated_image_fault_serves_an_honest_length_that_cannot_be_decoded(
         assert response.headers["content-type"] == CONTENT_TYPES[output_format]
         assert int(response.headers["content-length"]) == len(response.content) < len(whole)
         assert response.content == whole[: len(response.content)]
-        with pytest.raises(Exception):  # noqa: B017 - PIL raises OSError or SyntaxError, by format
+        with pytest.raises(OSError, match=UNDECODABLE):
             Image.open(io.BytesIO(response.content)).load()
 
 
@@ -407,7 +409,7 @@ def test_corrupt_image_fault_has_full_length_and_headers_but_fails_a_full_decode
     image = Image.open(io.BytesIO(data))  # the headers are intact: it opens, with the right size
     assert image.format == PIL_FORMATS[output_format]
     assert image.size == Image.open(io.BytesIO(whole)).size
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=UNDECODABLE):
         image.load()
 
 
@@ -511,8 +513,8 @@ def test_cut_transfer_fault_announces_the_full_length_sends_half_and_closes(
     assert 0 < len(partial) < len(whole)
     assert abs(len(partial) - len(whole) // 2) <= 1
     assert partial == whole[: len(partial)]
+    emulator.faults.add({"fault": "cut_transfer", "count": 1})
     with pytest.raises(httpx2.RemoteProtocolError):  # what a client sees: an incomplete body
-        emulator.faults.add({"fault": "cut_transfer", "count": 1})
         httpx2.get(url, timeout=5.0)
     assert httpx2.get(url, timeout=5.0).content == whole, "transient: the next download is whole"
     assert emulator.accounting()["faults_injected"] == {"cut_transfer": 2}
@@ -524,8 +526,6 @@ def test_cut_transfer_leaves_the_api_routes_alone(emulator: EmulatorServer, http
     assert emulator.faults.to_dict()["injected"] == {}
     with pytest.raises(httpx2.RemoteProtocolError):
         httpx2.get(result_urls(job)[0], timeout=5.0)
-
-
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

@@ -165,7 +165,7 @@ class _Api:
         try:
             body = await _json_object(request)
         except BadJson as exc:
-            return _error(400, f"Request body is not valid JSON: {exc}", details={"$": ["expected a JSON object"]})
+            return _error(400, f"Request body refused: {exc}", details={"$": ["expected a JSON object"]})
         problems = validate_request(body)
         if problems:
             details: dict[str, list[str]] = {}

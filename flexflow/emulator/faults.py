@@ -227,8 +227,11 @@ def _option_value(key: str, value: str) -> Any:
     try:
         if key in ("count", "images"):
             return int(value)
-        if key == "retry_after" and value.lower() == "none":
-            return None
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, not {value!r}") from None
+    if key == "retry_after" and value.lower() == "none":
+        return None
+    try:
         if key in ("rate", "retry_after", "delay"):
             return float(value)
     except ValueError:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
 
@@ -17,6 +21,8 @@ from flexflow.emulator.state import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorSt
 
 #: The key of the one JSON line ``flexflow emulator`` prints once it listens: ``{"emulator": URL}``.
 ANNOUNCEMENT_KEY = "emulator"
+#: Accepted API keys, comma-separated: a way to pass keys that no process listing shows.
+API_KEYS_ENV = "FLEXFLOW_EMULATOR_API_KEYS"
 
 
 def announced_url(line: str) -> str | None:
@@ -68,6 +74,10 @@ class EmulatorServer:
     def accounting(self) -> dict[str, object]:
         return self.state.accounting()
 
+    def received_requests(self) -> list[dict[str, Any]]:
+        """Every request received (the last 10,000, oldest first), without its API key header."""
+        return self.state.received_requests()
+
     def start(self) -> Self:
         self._thread = threading.Thread(target=self._server.run, name="flexflow-emulator", daemon=True)
         self._thread.start()
@@ -95,26 +105,116 @@ class EmulatorServer:
         self.stop()
 
 
+# -- the command line: every flag checked by its argparse type, so bad input exits 2 with a message ------
+
+
+def port_number(text: str) -> int:
+    port = _integer(text, "port")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535 (0 picks a free one), not {port}")
+    return port
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be a finite number, 0 or more, not {text!r}")
+    return value
+
+
+def credits_balance(text: str) -> int:
+    value = _integer(text, "credits")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"credits must be 0 or more, not {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    return _integer(text, "seed")
+
+
+def body_limit(text: str) -> int:
+    value = _integer(text, "max body bytes")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"max body bytes must be a positive number of bytes, not {value}")
+    return value
+
+
+def api_key(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError("an API key must be non-empty, without surrounding spaces")
+    return text
+
+
+def fault_rule(text: str) -> FaultRule:
+    try:
+        return FaultRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def key_file(text: str) -> list[str]:
+    """The keys in a file, one a line (blank lines and ``#`` comments skipped); never echoed back."""
+    try:
+        lines = Path(text).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable UTF-8 text"
+        raise argparse.ArgumentTypeError(f"cannot read the API key file {text}: {reason}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"the API key file {text} holds no key (one key per line)")
+    return keys
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+
+
+def keys_from_environment() -> list[str]:
+    return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EmulatorConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8787, help="port to listen on; 0 picks a free one (default 8787)")
+    parser.add_argument(
+        "--port", type=port_number, default=8787, help="port to listen on; 0 picks a free one (default 8787)"
+    )
     parser.add_argument(
         "--api-key",
         action="append",
         dest="api_keys",
+        type=api_key,
         metavar="KEY",
-        help=f"an accepted API key; repeatable (default: the test key {DEFAULT_TEST_KEY})",
-    )
-    parser.add_argument("--inactive-key", action="append", default=[], metavar="KEY", help="a key answered with 403")
-    parser.add_argument("--queue-seconds", type=float, default=defaults.queue_seconds, help="time a job stays QUEUED")
-    parser.add_argument(
-        "--processing-seconds", type=float, default=defaults.processing_seconds, help="time a job stays PROCESSING"
+        help=f"an accepted API key; repeatable; shows in process listings, prefer --api-key-file or ${API_KEYS_ENV}"
+        f" (default: the test key {DEFAULT_TEST_KEY})",
     )
     parser.add_argument(
-        "--retention-seconds", type=float, default=defaults.retention_seconds, help="time until results expire"
+        "--api-key-file",
+        action="append",
+        dest="api_key_files",
+        type=key_file,
+        default=[],
+        metavar="PATH",
+        help=f"a file of accepted API keys, one a line; repeatable (also: ${API_KEYS_ENV}, comma-separated)",
     )
-    parser.add_argument("--credits", type=int, default=None, help="credit balance (default: unlimited)")
+    parser.add_argument(
+        "--inactive-key", action="append", default=[], type=api_key, metavar="KEY", help="a key answered with 403"
+    )
+    parser.add_argument("--queue-seconds", type=seconds, default=defaults.queue_seconds, help="time a job stays QUEUED")
+    parser.add_argument(
+        "--processing-seconds", type=seconds, default=defaults.processing_seconds, help="time a job stays PROCESSING"
+    )
+    parser.add_argument(
+        "--retention-seconds", type=seconds, default=defaults.retention_seconds, help="time until results expire"
+    )
+    parser.add_argument("--credits", type=credits_balance, default=None, help="credit balance (default: unlimited)")
     parser.add_argument(
         "--result-shape", choices=("images", "string", "list"), default="images", help="shape of a job's result"
     )
@@ -122,25 +222,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault",
         action="append",
         default=[],
-        type=FaultRule.parse,
+        type=fault_rule,
         metavar="RULE",
         help="a fault rule, e.g. rate_limit:count=2,route=submit or http_503:rate=0.1; repeatable",
     )
-    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the random fault draws")
+    parser.add_argument("--fault-seed", type=seed, default=0, help="seed of the random fault draws")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=body_limit,
+        default=defaults.max_body_bytes,
+        help=f"a larger request body is answered 413 (default {defaults.max_body_bytes})",
+    )
+
+
+def accepted_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys of --api-key, --api-key-file and the environment, in that order; the test key if none."""
+    keys = [*(args.api_keys or ()), *(key for keys in args.api_key_files for key in keys), *keys_from_environment()]
+    return tuple(dict.fromkeys(keys)) or (DEFAULT_TEST_KEY,)
 
 
 def serve(args: argparse.Namespace) -> int:
     config = EmulatorConfig(
-        api_keys=tuple(args.api_keys or (DEFAULT_TEST_KEY,)),
+        api_keys=accepted_keys(args),
         inactive_keys=tuple(args.inactive_key),
         queue_seconds=args.queue_seconds,
         processing_seconds=args.processing_seconds,
         retention_seconds=args.retention_seconds,
         credits=args.credits,
         result_shape=args.result_shape,
+        max_body_bytes=args.max_body_bytes,
     )
     server = EmulatorServer(config, args.fault, fault_seed=args.fault_seed, host=args.host, port=args.port)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError:
+        # uvicorn has logged why (address in use, no such address, a privileged port).
+        print(
+            f"flexflow emulator: cannot listen on {args.host}:{args.port}; choose another --host or --port",
+            file=sys.stderr,
+        )
+        return 2
     # One line a supervising process can read: where the emulator listens.
     print(json.dumps({ANNOUNCEMENT_KEY: server.url}), flush=True)
     try:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flexflow.emulator.server import API_KEYS_ENV
 from tests.deployment.harness.rest import http_request, json_payload
 
 
 def emulator_command(*flags: str) -> list[str]:
     """``flexflow emulator`` on a free port (it prints the URL it listens on), with the given flags."""
     return [sys.executable, "-m", "flexflow.cli", "emulator", "--port", "0", *flags]
+
+
+def emulator_environment(*api_keys: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment that gives ``flexflow emulator`` its keys, so that no process listing shows them."""
+    return {**(os.environ if base is None else base), API_KEYS_ENV: ",".join(api_keys)}
 
 
 @dataclass
@@ -39,6 +47,10 @@ class EmulatorControl:
     def reset(self) -> None:
         """Forget every job, idempotency record and fault: accounting starts from zero."""
         self._call("POST", "/_emulator/reset")
+
+    def received_requests(self) -> list[dict[str, Any]]:
+        """Every request the emulator received (the last 10,000), without its API key header."""
+        return list(self._call("GET", "/_emulator/requests")["requests"])
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/_emulator/jobs/{job_id}")
