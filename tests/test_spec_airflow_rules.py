@@ -22,7 +22,7 @@ from flexflow import defaults
 from flexflow.compiler.dag import INVALID_TAG, compile_spec
 from flexflow.compiler.loader import FOLDER_DAG_ID, load_dags
 from flexflow.spec import SpecError, load_spec, parse_spec
-from flexflow.spec.airflow_rules import DAG_ID_MAX, asset_problems, shortest_gap
+from flexflow.spec.airflow_rules import DAG_ID_MAX, asset_problems, connection_id_problem, shortest_gap
 from flexflow.spec.cache import CACHE_DIR_ENV, SpecCache
 from flexflow.spec.folder import claimed_dag_id, find_spec_files, lenient_dag_id
 from flexflow.spec.yaml_source import MAX_BYTES
@@ -84,6 +84,47 @@ NAME_CASES = [
     ({"name": "invalid_spec"}, "7:5: images[0].name: 'invalid_spec' is a task name flexflow uses"),
     ({"name": "wait"}, "7:5: images[0].name: 'wait' is a task name flexflow uses"),
 ]
+
+
+CONNECTION_IDS = [
+    "apiframe_default",
+    "team-a.apiframe",
+    "s3://x",
+    "a(b)#!:/\\",
+    "c" * 250,
+    "c" * 251,
+    "x y",
+    "x\n",
+    "é",
+    "x;rm",
+    "",
+    "a=b",
+    "$HOME",
+    "x\x00",
+]
+
+
+@pytest.mark.parametrize("conn_id", CONNECTION_IDS)
+def test_connection_ids_are_those_airflow_holds(conn_id: str) -> None:
+    """Held to Airflow's own sanitizer (ASCII only: ``flexflow run`` passes one in an environment variable)."""
+    from airflow.models.connection import sanitize_conn_id
+
+    airflow_holds = sanitize_conn_id(conn_id) == conn_id and conn_id.isascii()
+    assert (connection_id_problem(conn_id) is None) == airflow_holds
+
+
+@pytest.mark.parametrize("where", ["connection_id", "publish.conn_id"])
+def test_a_connection_id_airflow_cannot_hold_is_a_spec_error(where: str) -> None:
+    text = spec().replace("images:", "connection_id: apiframe_default\nimages:")
+    text = text.replace("publish:\n", "publish:\n  conn_id: storage\n")
+    bad = (
+        text.replace("apiframe_default", '"api frame"')
+        if where == "connection_id"
+        else text.replace("conn_id: storage", 'conn_id: "st;orage"')
+    )
+    parse_spec(text, "s.yaml")  # the same spec with ids Airflow holds is valid
+    found = problems(bad)
+    assert len(found) == 1 and f"{where}: " in found[0] and "is not an Airflow connection id" in found[0], found
 
 
 # -- dates and schedules -------------------------------------------------------------------------

@@ -36,6 +36,9 @@ RESERVED_TAGS = frozenset({"invalid"})
 RESERVED_NAMES = ("prepare", "finalize", "invalid_spec", "submit", "wait", "publish")
 #: Airflow's key characters, ASCII only; ``fullmatch`` so that a trailing newline is refused too.
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]+")
+#: Airflow's connection ids (``airflow/models/connection.py: RE_SANITIZE_CONN_ID``, at most 250), ASCII
+#: only: ``flexflow run`` passes a connection as an ``AIRFLOW_CONN_<ID>`` environment variable.
+CONN_ID = re.compile(r"[A-Za-z0-9_#!().:/\\-]{1,250}")
 IMAGE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 #: Run dates every metadata database stores: MySQL's TIMESTAMP holds 1970-01-01 to 2038-01-19.
 EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -69,6 +72,9 @@ def airflow_findings(data: Mapping[str, Any], limits: Limits) -> Iterator[Findin
         yield from _image_names(images)
         yield from _job_cap(images, limits.max_jobs_per_run)
     publish = data.get("publish")
+    yield from _connection_id(("connection_id",), data.get("connection_id"))
+    if isinstance(publish, dict):
+        yield from _connection_id(("publish", "conn_id"), publish.get("conn_id"))
     if isinstance(publish, dict) and isinstance(publish.get("asset"), str):
         yield from ((("publish", "asset"), message) for message in asset_problems(publish["asset"]))
     yield from _nul_characters(data, ())
@@ -103,6 +109,18 @@ def _dag_id(dag_id: object) -> Iterator[Finding]:
         yield ("dag_id",), f"'{dag_id}' contains '..', which Airflow refuses in ids (paths are built from them)"
     elif dag_id.endswith(INVALID_SUFFIX):
         yield ("dag_id",), f"'{dag_id}' ends in '{INVALID_SUFFIX}', the name flexflow gives a broken spec's DAG"
+
+
+def connection_id_problem(conn_id: str) -> str | None:
+    """Why Airflow could not hold a connection of this id, or None."""
+    if CONN_ID.fullmatch(conn_id):
+        return None
+    return f"{conn_id!r} is not an Airflow connection id: 1 to 250 of letters, digits and _ # ! ( ) . : / \\ -"
+
+
+def _connection_id(path: KeyPath, conn_id: object) -> Iterator[Finding]:
+    if isinstance(conn_id, str) and conn_id and (problem := connection_id_problem(conn_id)):
+        yield path, problem
 
 
 def _tags(tags: object) -> Iterator[Finding]:
