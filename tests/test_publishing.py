@@ -3,6 +3,7 @@ run that did not publish everything says so (no manifest, no Asset event)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import http.server
@@ -24,11 +25,12 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 
+from flexflow.airflow.outcome import JobOutcome
 from flexflow.client import USER_AGENT, FluxClient
 from flexflow.client.results import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
-from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator
+from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator, published_jobs
 from flexflow.publishing.paths import (
     PathRefused,
     PlannedFile,
@@ -852,6 +854,142 @@ def test_a_result_that_is_not_an_image_fails_publish_and_writes_no_manifest(
     assert not (folder / MANIFEST_NAME).exists()
     assert not folder.exists() or list(folder.iterdir()) == [], "nothing was stored"
     assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
+
+
+def test_a_job_with_several_images_publishes_each_counted_per_job(
+    faulted_run: Callable[..., FaultedRun], airflow_db: Path
+) -> None:
+    run = faulted_run("several_images", fault="several_images", images=3)
+    dag_id, dag_run, folder, states = run.dag_id, run.dag_run, run.folder, run.states
+
+    assert dag_run.state == "success", states
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["jobs"] == 2
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for entry in manifest["files"]:
+        by_job.setdefault(entry["job_id"], []).append(entry)
+    [several] = [entries for entries in by_job.values() if len(entries) == 3]
+    [single] = [entries for entries in by_job.values() if len(entries) == 1]
+    image = several[0]["image"]
+    assert [(e["name"], e["index"], e["job_images"]) for e in several] == [
+        (f"{image}-{n}.png", n, 3) for n in (1, 2, 3)
+    ], "numbered before the extension, counted among the job's own images"
+    assert [(e["index"], e["job_images"]) for e in single] == [(1, 1)]
+    assert len({e["sha256"] for e in several}) == 3, "three distinct images, none stored twice"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([*(e["name"] for e in manifest["files"]), MANIFEST_NAME]), "no partial, no extra file"
+    [(_, extra)] = asset_events(airflow_db, dag_id, dag_run.run_id)
+    assert len(json.loads(extra)["files"]) == 4
+
+
+def test_a_job_with_no_images_fails_publish_saying_it_was_billed(tmp_path: Path) -> None:
+    publish = PublishImageOperator(
+        task_id="hero.publish",
+        job=JobOutcome("COMPLETED", "j-empty", (), credit_cost=5).to_stored(),
+        request={"prompt": "p", "fluxParams": apply_defaults({"output_format": "png"})},
+        target={"folder": f"file://{tmp_path}", "names": {"hero": {"": "hero.png"}}},
+        image="hero",
+    )
+    with pytest.raises(
+        AirflowFailException,
+        match=r"job j-empty \(image hero\) completed and was billed 5 credits, but "
+        r"its result is empty: it returned no images\. Clear the submit task",
+    ):
+        publish.execute({})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finalize_counts_every_image_of_every_job() -> None:
+    def record(job: str, index: int, of: int) -> dict[str, Any]:
+        return {"job_id": job, "index": index, "job_images": of}
+
+    assert published_jobs([record("a", 1, 1), record("b", 2, 2), record("b", 1, 2)]) == {"a", "b"}
+    assert published_jobs([record("a", 1, 1), record("b", 1, 2)]) == {"a"}, "one of b's two images is missing"
+    assert published_jobs([record("b", 1, 2), record("b", 1, 2)]) == set(), "one image twice is not two"
+    assert published_jobs([{"job_id": "old"}]) == {"old"}, "a record of an earlier version: one image"
+
+
+@pytest.mark.parametrize("fault", ["missing_result", "corrupt_image"])
+def test_a_lost_result_fails_publish_once_and_clearing_the_submit_pays_for_exactly_one_new_job(
+    faulted_run: Callable[..., FaultedRun],
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    airflow_db: Path,
+    fault: str,
+) -> None:
+    """The paid result is unusable: publish fails without retries, names the task to clear and what it costs,
+    and writes nothing. Clearing ``only.submit`` with its downstream tasks (Airflow's own clear,
+    ``clear_task_instances``) then reruns that same run: dag.test() cannot, since it deletes a run of the
+    same logical date (and with it the run's task_state_store), so :func:`rerun_cleared` drives the cleared
+    task instances with dag.test()'s own loop. The cleared submit finds its job in task_state_store, the
+    hook's reuse checks its results, finds them unusable, and submits ONE new job; the run then publishes."""
+    run = faulted_run("lost_result", fault=fault)
+    dag_id, dag_run, folder, states, output = run.dag_id, run.dag_run, run.folder, run.states, run.output
+
+    assert dag_run.state == "failed", states
+    assert states["only.wait"][0] == "success"
+    assert states["only.publish"] == ("failed", 1), "not retried, though the task has retries: nothing to retry"
+    [first_job] = xcom(airflow_db, dag_id, dag_run.run_id, "only.submit")
+    billed = emulator.accounting()
+    assert billed["jobs_billed"] == 1, "the lost result was paid for"
+    credits = billed["credits_billed"]
+    expected = f"job {first_job} (image only) completed and was billed {credits} credits, but its result is unusable: "
+    assert expected in output
+    assert (
+        "Clear `only.submit` with its downstream tasks to generate it again: that submits ONE new job, "
+        f"billed about {credits} credits." in output
+    )
+    assert not folder.exists() or list(folder.iterdir()) == [], "nothing partial or corrupt was stored"
+    assert asset_events(airflow_db, dag_id, dag_run.run_id) == []
+
+    rerun = rerun_cleared(publish_dags[dag_id], dag_run.run_id, "only.submit")
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+    assert rerun == "success", states
+    [second_job] = xcom(airflow_db, dag_id, dag_run.run_id, "only.submit")
+    assert second_job != first_job
+    accounting = emulator.accounting()
+    assert accounting["jobs_created"] == accounting["jobs_billed"] == 2, "exactly one new job"
+    assert sorted(accounting["submissions_per_key"].values()) == [1, 1], "the new job has a new Idempotency-Key"
+    # The same body billed twice: the deliberate, announced second payment, and the only one.
+    assert accounting["duplicates"] == {"by_key": {}, "by_body": 1}
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert [(f["name"], f["job_id"]) for f in manifest["files"]] == [("only.png", second_job)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["only.png", MANIFEST_NAME])
+    assert len(asset_events(airflow_db, dag_id, dag_run.run_id)) == 1
+
+
+def rerun_cleared(dag: Any, run_id: str, task_id: str) -> str:
+    """Clear ``task_id`` and its downstream tasks in an existing run, as the UI's "Clear" does, then run the
+    cleared task instances in-process with the loop dag.test() uses; the run's final state."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    cleared = {task_id, *dag.get_task(task_id).get_flat_relative_ids(upstream=False)}
+    session = settings.Session()
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id))
+    dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    clear_task_instances(
+        [ti for ti in dag_run.get_task_instances(session=session) if ti.task_id in cleared],
+        session,
+        dag_run_state=DagRunState.RUNNING,
+    )
+    session.commit()
+    while dag_run.state == DagRunState.RUNNING:
+        session.expire_all()
+        schedulable, _ = dag_run.update_state(session=session)
+        for ti in schedulable:
+            ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+        session.commit()
+        for ti in dag_run.get_task_instances(state=TaskInstanceState.SCHEDULED, session=session):
+            with contextlib.suppress(Exception):  # a failed task is the run's business, as in dag.test()
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
+    return str(dag_run.state)
 
 
 # -- trigger-form params are values, never path syntax (tests/specs/publish/trigger_params.yaml) ---
