@@ -353,6 +353,63 @@ def test_transient_faults_are_retried_inside_one_download(
         assert sleeps == [0.5, 0.5], "a 429 waits exactly its Retry-After"
 
 
+@pytest.mark.parametrize("fault", ["http_408", "cut_transfer"])
+def test_a_timeout_or_a_cut_transfer_from_the_emulator_is_asked_again(
+    client: FluxClient, emulator: EmulatorServer, fault: str
+) -> None:
+    url, flux = finished_job(client, fault)
+    whole = download_image(url, expected_format="png").data
+    emulator.faults.add({"fault": fault, "count": 2, "route": "file"})
+    sleeps: list[float] = []
+    image = download_image(
+        url, expected_format="png", expected_size=output_size(flux), retry=fast_retry(), sleep=sleeps.append
+    )
+    assert image.data == whole, "the whole file, never the half that arrived"
+    assert len(sleeps) == 2
+
+
+def test_a_rate_limit_without_retry_after_from_the_emulator_waits_the_default(
+    client: FluxClient, emulator: EmulatorServer
+) -> None:
+    url, _ = finished_job(client, "429-no-retry-after")
+    emulator.faults.add({"fault": "rate_limit", "count": 1, "route": "file", "retry_after": None})
+    sleeps: list[float] = []
+    download_image(url, expected_format="png", retry=fast_retry(rate_limit_wait=0.3), sleep=sleeps.append)
+    [wait] = sleeps
+    assert 0.3 <= wait <= 0.36
+
+
+@pytest.mark.parametrize("fault", ["truncated_image", "corrupt_image"])
+def test_a_result_broken_at_its_source_is_permanent_and_not_asked_again(
+    client: FluxClient, emulator: EmulatorServer, fault: str
+) -> None:
+    emulator.faults.add({"fault": fault, "count": 1})
+    url, flux = finished_job(client, fault)
+    with pytest.raises(DownloadError, match="is not a readable png image") as caught:
+        download_image(url, expected_format="png", expected_size=output_size(flux), retry=fast_retry(), sleep=_never)
+    assert caught.value.permanent, "the whole file arrived (its Content-Length): only a new job can help"
+
+
+def test_each_of_several_results_downloads_whole_and_distinct(client: FluxClient, emulator: EmulatorServer) -> None:
+    emulator.faults.add({"fault": "several_images", "count": 1, "images": 3})
+    flux = {"resolution": "0.5MP", "output_format": "png", "seed": 3}
+    job = client.get_job(client.submit(flux_request(**flux), "several"))
+    assert len(job.result_urls) == 3
+    images = [
+        download_image(url, expected_format="png", expected_size=output_size(apply_defaults(flux)))
+        for url in job.result_urls
+    ]
+    assert len({image.sha256 for image in images}) == 3
+
+
+def test_downloads_from_the_emulator_carry_flexflows_user_agent(client: FluxClient, emulator: EmulatorServer) -> None:
+    url, _ = finished_job(client, "ua")
+    download_image(url, expected_format="png")
+    [received] = [r for r in emulator.state.received_requests() if r["path"].startswith("/_files/")]
+    headers = {name.lower(): value for name, value in received["headers"]}
+    assert headers["user-agent"] == USER_AGENT
+
+
 def test_a_slow_download_times_out_and_is_retried(client: FluxClient, emulator: EmulatorServer) -> None:
     url, _ = finished_job(client, "slow")
     emulator.faults.add({"fault": "slow", "count": 1, "route": "file", "delay": 2.0})
