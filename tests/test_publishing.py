@@ -956,6 +956,22 @@ def test_a_job_with_no_images_fails_publish_saying_it_was_billed(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_numbered_images_never_overwrite_another_jobs_file(tmp_path: Path) -> None:
+    """Prepare refuses such names; publish checks again (a target prepared by an earlier version)."""
+    publish = PublishImageOperator(
+        task_id="poster.publish",
+        job=JobOutcome("COMPLETED", "j2", ("http://127.0.0.1:9/0.png", "http://127.0.0.1:9/1.png")).to_stored(),
+        request={"prompt": "p", "fluxParams": apply_defaults({"output_format": "png"})},
+        target={"folder": f"file://{tmp_path}", "names": {"poster": {"": "poster.png"}, "other": {"": "poster-2.png"}}},
+        image="poster",
+    )
+    with pytest.raises(
+        AirflowFailException, match=re.escape("'poster-2.png' is another job's file name; nothing was written")
+    ):
+        publish.execute({})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_finalize_counts_every_image_of_every_job() -> None:
     def record(job: str, index: int, of: int) -> dict[str, Any]:
         return {"job_id": job, "index": index, "job_images": of}

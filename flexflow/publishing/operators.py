@@ -131,7 +131,10 @@ class PublishImageOperator(BaseOperator):
         for number, (name, image) in enumerate(zip(names, images, strict=True), 1):
             target = folder / name
             write_atomic(target, image.data)
-            self.log.info("stored %s (%dx%d, %d bytes, sha256 %s)", target, image.width, image.height, *_size(image))
+            self.log.info(
+                "stored %s (%dx%d, %d bytes, sha256 %s)",
+                *(target, image.width, image.height, image.size_bytes, image.sha256),
+            )
             records.append(self._record(str(target), name, image, outcome, number, flux))
         return records
 
@@ -227,10 +230,6 @@ class PublishImageOperator(BaseOperator):
         except PathRefused as exc:
             where = " (the job id the API returned)" if JOB_ID in pattern else ""
             raise AirflowFailException(f"{exc}{where}; nothing was written") from exc
-
-
-def _size(image: DownloadedImage) -> tuple[int, str]:
-    return image.size_bytes, image.sha256
 
 
 class FinalizeRunOperator(BaseOperator):
