@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +135,24 @@ def test_a_body_far_over_the_limit_is_refused_without_being_read_in_full(
     (record,) = [r for r in emulator.received_requests() if r["path"] == SUBMIT_PATH]
     assert record["body_truncated"] is True
     assert len(record["body"]) <= RECEIVED_BODY_KEPT
+
+
+def test_a_client_that_leaves_mid_body_is_recorded_and_nothing_is_carried_out(emulator: EmulatorServer) -> None:
+    body = json.dumps(small()).encode()
+    host, port = emulator.url.removeprefix("http://").split(":")
+    head = f"POST {SUBMIT_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    head += f"{API_KEY_HEADER}: {DEFAULT_TEST_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+        sock.sendall(head.encode() + body[: len(body) // 2])
+    deadline = time.monotonic() + 5.0
+    while not emulator.received_requests():
+        assert time.monotonic() < deadline, "the half-sent request was never recorded"
+        time.sleep(0.01)
+    (record,) = emulator.received_requests()
+    assert record["body"] == body[: len(body) // 2].decode()
+    assert record["body_bytes"] == len(body), "the size it announced"
+    accounting = emulator.accounting()
+    assert (accounting["submissions"], accounting["jobs_created"]) == (0, 0)
 
 
 # -- absurd JSON -----------------------------------------------------------------------------------

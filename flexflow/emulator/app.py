@@ -489,11 +489,12 @@ class RequestGate:
             return
         limit = self.state.config.max_body_bytes
         declared = _content_length(scope)
-        body, size, whole = await _read_body(receive, limit, drain=declared is None or declared <= MAX_DRAIN_BYTES)
-        if declared is not None and declared > limit:
-            whole = False
+        drain = declared is None or declared <= MAX_DRAIN_BYTES
+        body, size, ending = await _read_body(receive, limit, drain=drain)
         self._record(scope, body, max(size, declared or 0))
-        if not whole:
+        if ending == "gone":
+            return  # the client left mid-body: there is no one to answer, and half a request is not carried out
+        if ending == "too large" or (declared is not None and declared > limit):
             response = _error(413, f"Request body is larger than the emulator's limit of {limit} bytes")
             response.headers["connection"] = "close"
             await RequestIds(response)(scope, receive, send)
@@ -516,22 +517,26 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _read_body(receive: Receive, limit: int, *, drain: bool) -> tuple[bytes, int, bool]:
-    """(body, bytes seen, within the limit). Past the limit, chunks are counted and dropped, not kept."""
+async def _read_body(receive: Receive, limit: int, *, drain: bool) -> tuple[bytes, int, str]:
+    """(body, bytes seen, how it ended: "whole", "too large" or "gone").
+
+    Past the limit, chunks are counted and dropped, not kept; with ``drain`` they are read to the end
+    (up to MAX_DRAIN_BYTES) so that the client, done sending, reads the 413.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks), size, size <= limit  # the client went away
+            return b"".join(chunks), size, "gone"
         chunk = message.get("body", b"")
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
         elif not drain or size > MAX_DRAIN_BYTES:
-            return b"".join(chunks), size, False
+            return b"".join(chunks), size, "too large"
         if not message.get("more_body", False):
-            return b"".join(chunks), size, size <= limit
+            return b"".join(chunks), size, "whole" if size <= limit else "too large"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
