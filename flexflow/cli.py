@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
@@ -20,6 +21,7 @@ from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, deployment_limits
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
 from flexflow.errors import FlexflowError
+from flexflow.run import RunError, check_connection_id
 from flexflow.spec import SpecError, find_spec_files, load_folder, load_spec, spec_schema
 from flexflow.spec.report import render_json, render_text, use_color
 
@@ -27,6 +29,8 @@ DEFAULT_HOME = Path(".flexflow/airflow-home")
 
 #: Black Forest Labs' FLUX.2 [flex] price: about $0.05 per started megapixel.
 DEFAULT_PRICE_PER_MEGAPIXEL = Decimal("0.05")
+#: Far above any real price: a larger value is a typo (or an attempt to overflow the estimate).
+MAX_PRICE_PER_MEGAPIXEL = Decimal(1000)
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -192,10 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--connection",
         metavar="ID",
+        type=_connection_id,
         help="use this Airflow connection (type apiframe) instead of the embedded emulator",
     )
     run.add_argument(
-        "--home", default=str(DEFAULT_HOME), help=f"private AIRFLOW_HOME for the run (default {DEFAULT_HOME})"
+        "--home",
+        default=str(DEFAULT_HOME),
+        type=_home,
+        help=f"private AIRFLOW_HOME for the run (default {DEFAULT_HOME}); one run at a time uses it",
     )
     run.set_defaults(handler=_run)
     return parser
@@ -205,30 +213,58 @@ def _run(args: argparse.Namespace) -> int:
     if not Path(args.spec).is_file():
         print(f"flexflow run: no such spec file: {args.spec}", file=sys.stderr)
         return EXIT_USAGE
-    from flexflow.run import run  # imports Airflow: only for this command
+    from flexflow.run import run  # the emulator and the publishing code: only for this command
 
     return run(args)
 
 
 def _price(text: str) -> str:
     try:
-        if Decimal(text) < 0:
+        price = Decimal(text)
+        if not price.is_finite() or not 0 <= price <= MAX_PRICE_PER_MEGAPIXEL:
             raise ValueError
     except (ArithmeticError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a price (a number >= 0, e.g. 0.05)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a price: give a number from 0 to {MAX_PRICE_PER_MEGAPIXEL} (USD), e.g. 0.05"
+        ) from None
+    return text
+
+
+def _connection_id(text: str) -> str:
+    try:
+        return check_connection_id(text)
+    except RunError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _home(text: str) -> str:
+    """A folder that exists or can be created: refused here, before anything is written."""
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a NUL character: no folder can have that name")
+    try:
+        path = Path(text).absolute()
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder: give a folder for the run's home")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except (OSError, ValueError):  # a NUL in the path, a name too long, ...
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be a folder on this system") from None
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot be created: {existing} is not a folder you can write to; give another --home"
+        )
     return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a usage error exits 2 (SystemExit), after argparse explains it
     try:
         return int(args.handler(args))
     except FlexflowError as exc:
         print(f"flexflow: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID
     except BrokenPipeError:  # `flexflow plan ... | head`: the reader has all it wanted
         sys.stderr.close()
-        return 0
+        return EXIT_OK
 
 
 if __name__ == "__main__":

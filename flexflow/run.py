@@ -5,36 +5,85 @@ database (created on first use), from a DAG bundle holding only this spec. Witho
 ``--connection`` the embedded emulator stands in for the API: no key, no network. The parent
 process shows progress from the run's task states, then a summary, the manifest and a contact
 sheet. Airflow's own log of the run goes to a file, whose path is printed.
+
+The command owns its processes, because every job the child submits is billed:
+
+- the child runs in a process group of its own and dies with the command, even when the command is
+  SIGKILLed (``PR_SET_PDEATHSIG`` on Linux, and a watchdog that kills the group once the parent is gone);
+- Ctrl-C and SIGTERM stop the child's group (SIGTERM, then SIGKILL after a grace period) and list the
+  jobs already submitted;
+- each run is recorded under the home before it starts (logical date, spec digest), so running the
+  same spec again after a crash resumes that run: same run id, same Idempotency-Keys, and the API
+  answers with the jobs it already created instead of billing them again;
+- one home serves one ``flexflow run`` at a time (an flock on ``run.lock``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import hashlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
+from flexflow.errors import FlexflowError
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import Spec, SpecError, load_spec
 from flexflow.spec.report import render_text, use_color
 
 BUNDLE_FILE = DAG_FILE_NAME
 RESULT_FILE = "last-run.json"
+LOCK_FILE = "run.lock"
+RUNS_DIR = "runs"
 #: The embedded emulator's jobs: quick, but slow enough to see them queue and process.
 DEMO_EMULATOR = EmulatorConfig(queue_seconds=0.5, processing_seconds=2.0)
 #: How a task's failure reads in Airflow's log: the exception's class, then its message, on one line.
 _FAILURE = re.compile(r"\b(?:AirflowFailException|AirflowException|AirflowSensorTimeout|DownloadError): ([^\n]+)")
+#: Airflow's connection-id rule (airflow.models.connection.sanitize_conn_id), ASCII only, at most 250 long.
+CONNECTION_ID = re.compile(r"[A-Za-z0-9_#!()\-.:/\\]{1,250}")
+#: How long the child's group has to stop after SIGTERM before it is SIGKILLed. A task that is
+#: interrupted loses nothing (its request and Idempotency-Key are stored before it is sent), so
+#: the grace only lets Airflow close its database session.
+STOP_GRACE_SECONDS = 5.0
+#: How often the child's watchdog looks for its parent.
+WATCHDOG_SECONDS = 0.2
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+#: The shell's convention for a command ended by a signal: 128 + the signal's number.
+EXIT_SIGNALLED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class RunError(FlexflowError):
+    """A ``flexflow run`` input that cannot be used (the message says which and what to do)."""
+
+
+def check_connection_id(connection_id: str) -> str:
+    """The id, when Airflow accepts it as a connection id; RunError otherwise."""
+    if not CONNECTION_ID.fullmatch(connection_id):
+        raise RunError(
+            f"{connection_id!r} is not an Airflow connection id: use 1 to 250 of the characters "
+            r"A-Z a-z 0-9 _ # ! ( ) - . : / \ (e.g. apiframe_default)"
+        )
+    return connection_id
 
 
 @dataclass(frozen=True)
@@ -53,6 +102,9 @@ class RunHome:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    def record_file(self, dag_id: str) -> Path:
+        return self.root / RUNS_DIR / f"{dag_id}.json"
+
     def env(self) -> dict[str, str]:
         bundle = {
             "name": "flexflow-run",
@@ -69,8 +121,45 @@ class RunHome:
         }
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a spec, written under the home before its child starts: what a rerun needs to resume it.
+
+    ``run_after`` makes the run id (``manual__<run_after>``), and with it every Idempotency-Key of the
+    run; ``logical_date`` makes the templates' dates. ``state`` stays ``running`` until the child
+    reports how the run ended, so a record still ``running`` names a run that was interrupted.
+    """
+
+    dag_id: str
+    logical_date: str
+    run_after: str
+    spec_sha256: str
+    connection: str | None
+    conf: dict[str, Any] | None
+    state: str = "running"
+
+    @property
+    def run_id(self) -> str:
+        return f"manual__{self.run_after}"  # Airflow's DagRun.generate_run_id for a manual run
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # none yet, or unreadable: nothing to resume
+            return None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(self), indent=2))
+        partial.replace(path)  # atomic: a kill mid-write leaves the previous record
+
+
 def prepare(home: RunHome, spec_file: Path, connection_id: str | None) -> None:
     """A bundle with one DAG file that compiles only this spec, the same way the DAG-folder loader does."""
+    if connection_id is not None:
+        check_connection_id(connection_id)  # it is written into the DAG file's source
     home.dags.mkdir(parents=True, exist_ok=True)
     home.logs.mkdir(parents=True, exist_ok=True)
     for stale in home.dags.glob("*.py"):
@@ -78,14 +167,96 @@ def prepare(home: RunHome, spec_file: Path, connection_id: str | None) -> None:
     (home.dags / BUNDLE_FILE).write_text(dag_file_source(str(spec_file), connection_id))
 
 
+# -- one run per home ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def home_lock(home: RunHome) -> Iterator[int | None]:
+    """The home's lock (its fd), or None when another ``flexflow run`` holds it; its pid is in the file."""
+    fd = os.open(home.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(home: RunHome) -> str:
+    try:
+        pid = int((home.root / LOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return "another flexflow run"
+    return (
+        f"flexflow run (pid {pid})" if _alive(pid) else f"the Airflow process of a flexflow run whose pid {pid} ended"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the parent ------------------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM reached ``flexflow run``: stop the child and report."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
         print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     home = RunHome(Path(args.home).resolve())
-    prepare(home, Path(args.spec).resolve(), args.connection)
+    try:
+        home.root.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        print(f"flexflow run: cannot create the home {home.root}: {why}; give another --home", file=sys.stderr)
+        return EXIT_REFUSED
+    with home_lock(home) as lock:
+        if lock is None:
+            print(
+                f"flexflow run: {_lock_holder(home)} is already using {home.root}; wait for it to end, "
+                "or give this run another --home",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        previous = {signum: signal.signal(signum, _raise_stopped) for signum in EXIT_SIGNALLED}
+        try:
+            return _run_locked(args, spec, home, lock)
+        except _Stopped as stopped:
+            return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) -> int:
+    spec_file = Path(args.spec).resolve()
+    prepare(home, spec_file, args.connection)
+    record = _this_run(home, spec, spec_file, args.connection)
     env = home.env()
     log_file = home.logs / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     with log_file.open("w") as log:
@@ -99,19 +270,127 @@ def run(args: argparse.Namespace) -> int:
             if emulator is not None:
                 env[f"AIRFLOW_CONN_{spec.connection_id.upper()}"] = json.dumps(_emulator_connection(emulator.url))
                 print(f"no --connection given: the embedded emulator at {emulator.url} stands in for the API")
+            record.save(home.record_file(spec.dag_id))  # before anything is submitted
             print(f"running {spec.dag_id}: {spec.job_count} job(s) ...", flush=True)
-            before = _run_ids(home.db, spec.dag_id)
-            child = subprocess.Popen(
-                [sys.executable, "-m", "flexflow.run", str(home.root), spec.dag_id],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            _show_progress(child, home.db, spec, before)
+            child = _start_child(home, record, env, log, lock)
+            try:
+                _show_progress(child, home.db, spec, record.run_id)
+            except _Stopped as stopped:
+                _stop(child)
+                print(f"\nstopped by {stopped}: the run of {spec.dag_id} did not finish")
+                _print_submitted(home, spec, record.run_id)
+                print(_resume_hint(args))
+                raise
         finally:
             if emulator is not None:
                 emulator.stop()
-    return _report(home, spec, log_file)
+    return _after_child(args, home, spec, record, child, log_file)
+
+
+def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None) -> RunRecord:
+    """The interrupted run of this spec to resume, or a new run; says which, and why when it cannot resume."""
+    digest = hashlib.sha256(spec_file.read_bytes()).hexdigest()
+    now = datetime.now(UTC).replace(microsecond=0)
+    # A manual run before the DAG's start_date would have no tasks: run it as of the start.
+    logical = spec.start_date if spec.start_date and spec.start_date > now else now
+    fresh = RunRecord(spec.dag_id, logical.isoformat(), now.isoformat(), digest, connection, None)
+    previous = RunRecord.load(home.record_file(spec.dag_id))
+    if previous is None or previous.state != "running":
+        return fresh  # a finished run (success or failure) is not resumed
+    submitted = _submitted_jobs(home.db, spec, previous.run_id)
+    if previous.spec_sha256 == digest and previous.connection == connection:
+        print(
+            f"resuming the interrupted run {previous.run_id} of {spec.dag_id}: {len(submitted)} job(s) were "
+            "submitted before it stopped; they are reconnected to (same Idempotency-Keys), not paid again",
+            flush=True,
+        )
+        return previous
+    why = "the spec file changed" if previous.spec_sha256 != digest else "the --connection changed"
+    print(
+        f"cannot resume the interrupted run {previous.run_id} of {spec.dag_id}: {why} since it started, so its "
+        f"requests would differ. Its {len(submitted)} submitted job(s) were already paid; this is a new run.",
+        flush=True,
+    )
+    _print_submitted(home, spec, previous.run_id, submitted)
+    return fresh
+
+
+def _start_child(
+    home: RunHome, record: RunRecord, env: dict[str, str], log: IO[str], lock: int
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flexflow.run",
+            str(home.root),
+            record.dag_id,
+            record.logical_date,
+            record.run_after,
+            str(os.getpid()),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # Its own process group: Ctrl-C on the terminal reaches only us, and we stop the whole group.
+        start_new_session=True,
+        # The child holds the home's lock too: no new run starts while an orphan could still be paying.
+        pass_fds=(lock,),
+    )
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's group, SIGKILL it after the grace period; returns once the child has ended."""
+    for signum, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+        try:
+            child.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # a task's own subprocess that outlived the child
+        os.killpg(child.pid, signal.SIGKILL)
+
+
+def _after_child(
+    args: argparse.Namespace,
+    home: RunHome,
+    spec: Spec,
+    record: RunRecord,
+    child: subprocess.Popen[bytes],
+    log_file: Path,
+) -> int:
+    result = _read_result(home)
+    if result is None:  # the child died before it could say how the run ended: the run can be resumed
+        how = f"was killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0 else "crashed"
+        print(f"\nthe Airflow process running {spec.dag_id} {how} before the run finished")
+        _print_submitted(home, spec, record.run_id)
+        print(_resume_hint(args))
+        print(f"Airflow's log of the run: {log_file}")
+        return EXIT_FAILED
+    replace(record, state=str(result.get("state"))).save(home.record_file(spec.dag_id))
+    return _report(home, spec, result, log_file)
+
+
+def _read_result(home: RunHome) -> dict[str, Any] | None:
+    result_file = home.root / RESULT_FILE
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return None
+    finally:
+        result_file.unlink(missing_ok=True)
+    return result if isinstance(result, dict) else None
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    connection = f" --connection {args.connection}" if args.connection else ""
+    return (
+        f"to resume it, run the same command again: flexflow run {args.spec}{connection} --home {args.home}\n"
+        "(unchanged spec: the submitted jobs are reconnected to, not paid again)"
+    )
 
 
 def _emulator_connection(url: str) -> dict[str, Any]:
@@ -123,7 +402,7 @@ def _emulator_connection(url: str) -> dict[str, Any]:
     }
 
 
-# -- progress, from the run's task states --------------------------------------------------------
+# -- what the run's metadata database says -------------------------------------------------------
 
 
 def _query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -134,21 +413,62 @@ def _query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
         return []
 
 
-def _run_ids(db: Path, dag_id: str) -> set[str]:
-    return {row[0] for row in _query(db, "SELECT run_id FROM dag_run WHERE dag_id = ?", dag_id)}
+@dataclass(frozen=True)
+class SubmittedJob:
+    image: str
+    variant: str
+    job_id: str | None  # None: the request was sent, its answer never came (the resumed try sends it again)
 
 
-def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, before: set[str]) -> None:
+def _submitted_jobs(db: Path, spec: Spec, run_id: str) -> list[SubmittedJob]:
+    """The jobs the run's submit tasks sent, from ``task_state_store`` (written before each request left)."""
+    rows = _query(
+        db,
+        "SELECT task_id, map_index, value FROM task_state_store WHERE dag_id = ? AND run_id = ? AND key = ? "
+        "ORDER BY task_id, map_index",
+        spec.dag_id,
+        run_id,
+        "flexflow_job",
+    )
+    images = {image.name: image for image in spec.images}
+    jobs = []
+    for task_id, map_index, value in rows:
+        image = images.get(str(task_id).split(".", 1)[0])
+        if image is None:
+            continue
+        variant = image.variants[map_index].label if 0 <= map_index < len(image.variants) else ""
+        jobs.append(SubmittedJob(image.name, variant, _job_id(value)))
+    return jobs
+
+
+def _job_id(value: object) -> str | None:
+    try:
+        stored = json.loads(str(value))
+        while isinstance(stored, str):  # stored as a JSON string of the JSON record
+            stored = json.loads(stored)
+    except ValueError:
+        return None
+    job_id = stored.get("job_id") if isinstance(stored, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _print_submitted(home: RunHome, spec: Spec, run_id: str, jobs: list[SubmittedJob] | None = None) -> None:
+    jobs = _submitted_jobs(home.db, spec, run_id) if jobs is None else jobs
+    print(f"jobs submitted by run {run_id}: {len(jobs)} of {spec.job_count}")
+    for job in jobs:
+        print(f"  {job.image}{job.variant}: {job.job_id or 'sent, no answer received (it may exist)'}")
+
+
+def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, run_id: str) -> None:
     shown = ""
     started = time.monotonic()
     while child.poll() is None:
         time.sleep(0.5)
-        run_id = next(iter(_run_ids(db, spec.dag_id) - before), None)
-        if run_id is None:
-            continue
         states = _query(
             db, "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", spec.dag_id, run_id
         )
+        if not states:
+            continue
         line = _progress_line(states, spec.job_count)
         if line != shown:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
@@ -171,10 +491,7 @@ def _progress_line(states: list[tuple[str, str | None]], jobs: int) -> str:
 # -- the report ------------------------------------------------------------------------------------
 
 
-def _report(home: RunHome, spec: Spec, log_file: Path) -> int:
-    result_file = home.root / RESULT_FILE
-    result = json.loads(result_file.read_text()) if result_file.exists() else {"state": "unknown"}
-    result_file.unlink(missing_ok=True)
+def _report(home: RunHome, spec: Spec, result: dict[str, Any], log_file: Path) -> int:
     if result.get("state") != "success":
         print(f"\nthe run of {spec.dag_id} ended {result.get('state')}: {result.get('error') or ''}".rstrip())
         for task_id, map_index, state in _query(
@@ -188,7 +505,7 @@ def _report(home: RunHome, spec: Spec, log_file: Path) -> int:
         for reason in _failure_reasons(log_file.read_text(errors="replace")):
             print(f"  why: {reason}")
         print(f"Airflow's log of the run: {log_file}")
-        return 1
+        return EXIT_FAILED
     [(value,)] = _query(
         home.db,
         "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'finalize' AND key = 'return_value'",
@@ -238,19 +555,43 @@ def _summary(manifest: dict[str, Any]) -> None:
 # -- the child: Airflow runs the DAG ---------------------------------------------------------------
 
 
-def child_main(home_root: str, dag_id: str) -> int:
+def die_with_parent(parent_pid: int) -> None:
+    """End this process group once ``parent_pid`` (the ``flexflow run`` command) is gone, however it ended.
+
+    Two ways, because each misses a case: the kernel's parent-death signal (Linux) kills this process
+    even while it is stuck in a call, and a watchdog thread kills the whole group, so a process a task
+    started dies too, and so does everything on systems without ``prctl``. It is set up here, first
+    thing in the child, rather than in a ``preexec_fn``: the parent may run the embedded emulator's
+    thread, and code run between fork and exec of a threaded process can deadlock. Checking the parent
+    after ``prctl`` closes the window in which the parent could have died before.
+    """
+    libc_name = ctypes.util.find_library("c") if sys.platform == "linux" else None
+    if libc_name:
+        ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(WATCHDOG_SECONDS)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    threading.Thread(target=watch, name="flexflow-watchdog", daemon=True).start()
+
+
+def child_main(home_root: str, dag_id: str, logical_date: str, run_after: str, parent_pid: str) -> int:
     """Runs in the child process, with the private AIRFLOW_HOME in its environment."""
+    die_with_parent(int(parent_pid))
     import runpy
 
     home = RunHome(Path(home_root))
-    dags = runpy.run_path(str(home.dags / BUNDLE_FILE))
-    dag = dags[dag_id]
     result: dict[str, Any]
     try:
-        now = datetime.now(UTC)
-        # A manual run before the DAG's start_date would have no tasks: run it as of the start.
-        logical_date = dag.start_date if dag.start_date and dag.start_date > now else None
-        dag_run = dag.test(logical_date=logical_date) if logical_date else dag.test()
+        dag = runpy.run_path(str(home.dags / BUNDLE_FILE))[dag_id]
+        # The recorded dates: a resumed run gets its run id, and so its Idempotency-Keys, back.
+        dag_run = dag.test(
+            logical_date=datetime.fromisoformat(logical_date), run_after=datetime.fromisoformat(run_after)
+        )
         result = {"state": str(dag_run.state), "run_id": dag_run.run_id}
     except Exception as exc:
         result = {"state": "error", "error": f"{type(exc).__name__}: {exc}"}
@@ -259,4 +600,4 @@ def child_main(home_root: str, dag_id: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main(*sys.argv[1:3]))
+    sys.exit(child_main(*sys.argv[1:6]))
