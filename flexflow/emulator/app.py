@@ -495,7 +495,8 @@ class RequestGate:
         if ending == "gone":
             return  # the client left mid-body: there is no one to answer, and half a request is not carried out
         if ending == "too large" or (declared is not None and declared > limit):
-            response = _error(413, f"Request body is larger than the emulator's limit of {limit} bytes")
+            message = f"Request body is larger than the emulator's limit of {limit} bytes"
+            response = _error(413, f"{message}; send less, or raise it (--max-body-bytes, PATCH max_body_bytes)")
             response.headers["connection"] = "close"
             await RequestIds(response)(scope, receive, send)
             return
