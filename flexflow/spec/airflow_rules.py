@@ -20,7 +20,7 @@ from typing import Any
 from croniter import CroniterBadDateError, croniter
 
 from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, MIN_SCHEDULE_INTERVAL_ENV, Limits, shown
-from flexflow.spec.yaml_source import KeyPath, texts
+from flexflow.spec.yaml_source import KeyPath
 
 Finding = tuple[KeyPath, str]
 
@@ -77,18 +77,22 @@ def airflow_findings(data: Mapping[str, Any], limits: Limits) -> Iterator[Findin
         yield from _connection_id(("publish", "conn_id"), publish.get("conn_id"))
     if isinstance(publish, dict) and isinstance(publish.get("asset"), str):
         yield from ((("publish", "asset"), message) for message in asset_problems(publish["asset"]))
-    yield from _nul_characters(data)
+    yield from _nul_characters(data, ())
 
 
-def _nul_characters(data: object) -> Iterator[Finding]:
+def _nul_characters(value: object, path: KeyPath) -> Iterator[Finding]:
     """A NUL in any string: PostgreSQL cannot store it, and the serialized DAG holds every value.
 
     One such spec would fail the DAG processor's write of the whole DAG file, hiding every flexflow DAG.
-    Keys are left out: the schema allows only plain names.
     """
-    for text in texts(data):
-        if not text.is_key and "\x00" in text.value:
-            yield text.path, "holds a NUL character, which Airflow's database cannot store; remove it"
+    if isinstance(value, dict):
+        for key, item in value.items():  # keys: the schema allows only plain names
+            yield from _nul_characters(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_characters(item, (*path, index))
+    elif isinstance(value, str) and "\x00" in value:
+        yield path, "holds a NUL character, which Airflow's database cannot store; remove it"
 
 
 def _dag_id(dag_id: object) -> Iterator[Finding]:

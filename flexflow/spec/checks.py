@@ -25,7 +25,7 @@ from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
 from flexflow.spec.secrets import secret_problems as secret_problems  # the pipeline's first check
 from flexflow.spec.templates import TemplateProblem, parse_template, template_problems
-from flexflow.spec.yaml_source import KeyPath, texts
+from flexflow.spec.yaml_source import KeyPath
 
 #: The only values rendered at run time; a template anywhere else would be sent as written.
 TEMPLATED = frozenset({("images", "prompt"), ("publish", "to"), ("publish", "filename")})
@@ -43,7 +43,7 @@ def problems_beyond_schema(data: Mapping[str, Any]) -> Iterator[Problem]:
 
 def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
     yield from _templates(data)
-    yield from _templates_elsewhere(data)
+    yield from _templates_elsewhere(data, ())
     yield from _schedule(data)
     listed = data.get("images")
     images: list[Any] = listed if isinstance(listed, list) else []
@@ -63,16 +63,22 @@ def _checks(data: Mapping[str, Any]) -> Iterator[Finding]:
     yield from _publish(data, len(images), any(isinstance(i, dict) and i.get("variants") for i in images))
 
 
-def _templates_elsewhere(data: object) -> Iterator[Finding]:
-    for text in texts(data):
-        if text.is_key or ("{{" not in text.value and "{%" not in text.value):
-            continue
-        named = tuple(part for part in text.path if isinstance(part, str))
+def _templates_elsewhere(value: object, path: KeyPath) -> Iterator[Finding]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _templates_elsewhere(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _templates_elsewhere(item, (*path, index))
+    elif isinstance(value, str) and ("{{" in value or "{%" in value):
+        named = tuple(part for part in path if isinstance(part, str))
         if (named[0], named[-1]) not in TEMPLATED:
             yield (
-                text.path,
-                "templates are rendered only in prompt, publish.to and publish.filename; "
-                "this value would be sent as written",
+                path,
+                (
+                    "templates are rendered only in prompt, publish.to and publish.filename; "
+                    "this value would be sent as written"
+                ),
             )
 
 

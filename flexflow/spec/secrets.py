@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from flexflow.contract.schema import Problem
 from flexflow.spec.templates import constant_texts
-from flexflow.spec.yaml_source import KeyPath, texts
+from flexflow.spec.yaml_source import KeyPath
 
 
 class KeyShape(NamedTuple):
@@ -65,16 +65,21 @@ Finding = tuple[KeyPath, str]
 
 def secret_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
     """Keys that name a credential and strings shaped like one, anywhere in the spec."""
-    for text in texts(data):
-        if text.is_key:
-            yield from (
-                Problem(path, message)
-                for path, message in _key(text.value, text.path, params=text.path[:-1] == ("params",))
-            )
-        elif kind := key_kind(text.value):
-            yield Problem(
-                text.path, f"this looks like {kind}; credentials belong in an Airflow connection, never in a spec"
-            )
+    return (Problem(path, message) for path, message in _walk(data, ()))
+
+
+def _walk(value: object, path: KeyPath) -> Iterator[Finding]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _key(str(key), (*path, key), params=path == ("params",))
+            yield from _walk(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk(item, (*path, index))
+    elif isinstance(value, str):
+        kind = key_kind(value)
+        if kind:
+            yield path, f"this looks like {kind}; credentials belong in an Airflow connection, never in a spec"
 
 
 def _key(key: str, path: KeyPath, *, params: bool) -> Iterator[Finding]:

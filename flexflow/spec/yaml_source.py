@@ -26,29 +26,6 @@ MAX_DEPTH = 64
 #: Keys and indexes from the document's root to a value: ``("images", 0, "flux", "seed")``.
 KeyPath = tuple[str | int, ...]
 
-
-@dataclass(frozen=True)
-class Text:
-    """A string of the parsed spec: a mapping's key (``path`` ends with it) or a string value."""
-
-    path: KeyPath
-    value: str
-    is_key: bool
-
-
-def texts(data: object, path: KeyPath = ()) -> Iterator[Text]:
-    """Every key and string value of parsed YAML, in document order: the one walk the spec-wide rules share."""
-    if isinstance(data, dict):
-        for key, item in data.items():
-            yield Text((*path, key), str(key), is_key=True)
-            yield from texts(item, (*path, key))
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            yield from texts(item, (*path, index))
-    elif isinstance(data, str):
-        yield Text(path, data, is_key=False)
-
-
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
 _STR = _TAG + "str"
