@@ -37,7 +37,7 @@ from tests.deployment.harness.databases import (
     drop_database,
     release_redis_database,
 )
-from tests.deployment.harness.emulator import EmulatorControl, emulator_command
+from tests.deployment.harness.emulator import EmulatorControl, emulator_command, emulator_environment
 from tests.deployment.harness.processes import (
     MARKER,
     Service,
@@ -460,14 +460,12 @@ class Deployment:
         service = Service(
             "emulator",
             emulator_command(
-                "--api-key",
-                self.api_key,
                 "--queue-seconds",
                 str(self.queue_seconds),
                 "--processing-seconds",
                 str(self.processing_seconds),
             ),
-            self._env,
+            emulator_environment(self.api_key, base=self._env),  # not --api-key: process listings show flags
             self.logs_folder / "services" / "emulator.log",
             self.home,
         )
