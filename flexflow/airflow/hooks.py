@@ -172,9 +172,11 @@ class FluxHook(BaseHook):
         try:
             job = self.get_job(job_id)
         except JobNotFound:
-            return Reuse(False, "is unknown to the API")
+            return Reuse(False, "is unknown to the API: submitting one new job deliberately")
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return Reuse(False, f"ended {job.status.value}: {job.error}")
+            return Reuse(
+                False, f"ended {job.status.value} ({job.error}), unbilled: submitting one new job deliberately"
+            )
         if job.status is JobStatus.COMPLETED:
             return self._reuse_completed(job, request)
         return Reuse(True, f"status {job.status.value}")

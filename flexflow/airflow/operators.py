@@ -85,8 +85,8 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
 
     A retried or restarted try never creates a second billed job: the request is rendered once and
     kept with its Idempotency-Key in ``task_state_store`` (see :class:`JobRecord`), and a later try
-    reconnects to the job. Only when that job FAILED, was CANCELLED or its results expired does a
-    later try (a deliberate clear) render and submit anew.
+    reconnects to the job. Only when that job FAILED, was CANCELLED, or completed with results that are
+    gone or unusable does a later try (a deliberate clear) render and submit anew, saying what it costs.
     """
 
     template_fields: Sequence[str] = ("prompt", "flux", "flux_overrides", "webhook_url")
@@ -152,13 +152,11 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         if record is None:
             record = self._new_record(context["ti"], generation=0)
         elif record.job_id is not None:
-            reuse = self.hook.reuse(record.job_id)
+            reuse = self.hook.reuse(record.job_id, record.request)
             if reuse.reusable:
                 self.log.info("reconnecting to job %s submitted by an earlier try (%s)", record.job_id, reuse.why)
                 return record
-            self.log.warning(
-                "job %s from an earlier try %s: submitting a new job deliberately", record.job_id, reuse.why
-            )
+            self.log.warning("job %s from an earlier try %s", record.job_id, reuse.why)
             record = self._new_record(context["ti"], generation=record.generation + 1)
         else:
             self.log.info("an earlier try sent this request without learning its job: sending the same body again")
