@@ -247,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             return _run_locked(args, spec, home, lock)
         except _Stopped as stopped:
+            print(f"\nstopped by {stopped}", file=sys.stderr)
             return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
         finally:
             for signum, handler in previous.items():
@@ -279,8 +280,8 @@ def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) 
                 _stop(child)
                 print(f"\nstopped by {stopped}: the run of {spec.dag_id} did not finish")
                 _print_submitted(home, spec, record.run_id)
-                print(_resume_hint(args))
-                raise
+                print(_resume_hint(args), flush=True)
+                return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -341,17 +342,24 @@ def _start_child(
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's group, SIGKILL it after the grace period; returns once the child has ended."""
-    for signum, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
-        try:
-            child.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):  # a task's own subprocess that outlived the child
-        os.killpg(child.pid, signal.SIGKILL)
+    """SIGTERM the child's group, SIGKILL it after the grace period; returns once the child has ended.
+
+    A second Ctrl-C or SIGTERM ends the grace at once. Airflow catches SIGTERM while a task runs (it
+    calls the task's ``on_kill`` and carries on), hence the SIGKILL: what a task was sending is safe,
+    its request and Idempotency-Key were stored before it left.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(STOP_GRACE_SECONDS)
+    except (subprocess.TimeoutExpired, _Stopped):
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # also a task's own subprocess that outlived the child
+            os.killpg(child.pid, signal.SIGKILL)
+        for signum in EXIT_SIGNALLED:  # the last moment of the stop: no signal may interrupt it
+            signal.signal(signum, signal.SIG_IGN)
+        child.wait()
 
 
 def _after_child(
@@ -555,28 +563,34 @@ def _summary(manifest: dict[str, Any]) -> None:
 # -- the child: Airflow runs the DAG ---------------------------------------------------------------
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int, *, kernel: bool = True) -> None:
     """End this process group once ``parent_pid`` (the ``flexflow run`` command) is gone, however it ended.
 
-    Two ways, because each misses a case: the kernel's parent-death signal (Linux) kills this process
-    even while it is stuck in a call, and a watchdog thread kills the whole group, so a process a task
-    started dies too, and so does everything on systems without ``prctl``. It is set up here, first
-    thing in the child, rather than in a ``preexec_fn``: the parent may run the embedded emulator's
-    thread, and code run between fork and exec of a threaded process can deadlock. Checking the parent
-    after ``prctl`` closes the window in which the parent could have died before.
+    Two ways, each ending the whole group (so a process a task started dies too): the kernel's
+    parent-death signal (Linux), SIGHUP, which Airflow leaves alone (it takes over SIGTERM while a
+    task runs), arrives the moment the parent dies; a watchdog thread notices a new parent within
+    0.2 s, and is the only way on systems without ``prctl`` (``kernel=False`` tries that alone).
+    Set up here, first thing in the child, rather than in a ``preexec_fn``: the parent may run the
+    embedded emulator's thread, and code run between fork and exec of a threaded process can
+    deadlock. Checking the parent after ``prctl`` closes the window in which it died before.
     """
-    libc_name = ctypes.util.find_library("c") if sys.platform == "linux" else None
+    signal.signal(signal.SIGHUP, _end_group)
+    libc_name = ctypes.util.find_library("c") if kernel and sys.platform == "linux" else None
     if libc_name:
-        ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(WATCHDOG_SECONDS)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        _end_group()
 
     if os.getppid() != parent_pid:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        _end_group()
     threading.Thread(target=watch, name="flexflow-watchdog", daemon=True).start()
+
+
+def _end_group(signum: int | None = None, frame: FrameType | None = None) -> None:
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def child_main(home_root: str, dag_id: str, logical_date: str, run_after: str, parent_pid: str) -> int:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
+from flexflow.run import RunHome, RunRecord, _this_run, home_lock
 from flexflow.spec import load_spec
 from tests.conftest import ROOT
 
@@ -71,3 +77,81 @@ def test_run_of_an_invalid_spec_shows_its_problems(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "guidance: must be a number from 1.5 to 10 in steps of 0.1; got 3.33" in result.stderr
     assert not (tmp_path / "home").exists(), "nothing is set up for an invalid spec"
+
+
+# -- resuming: which run a second `flexflow run` of a spec continues -------------------------------
+
+VARIANT_SPEC = ROOT / "specs/spring_social_refresh.yaml"  # `story` has three seed variants
+
+
+def _record(home: RunHome, spec_file: Path, **changes: object) -> RunRecord:
+    record = RunRecord(
+        dag_id="spring_social_refresh",
+        logical_date="2026-12-01T06:00:00+00:00",
+        run_after="2026-12-01T06:00:00+00:00",
+        spec_sha256=hashlib.sha256(spec_file.read_bytes()).hexdigest(),
+        connection=None,
+        conf=None,
+    )
+    record = replace(record, **changes)  # type: ignore[arg-type]
+    record.save(home.record_file(record.dag_id))
+    return record
+
+
+def _submitted(home: RunHome, run_id: str, *rows: tuple[str, int, str | None]) -> None:
+    """task_state_store rows as the submit tasks write them (the columns flexflow run reads)."""
+    with sqlite3.connect(home.db) as db:
+        db.execute("CREATE TABLE task_state_store (dag_id, run_id, task_id, map_index, key, value)")
+        for task_id, map_index, job_id in rows:
+            value = json.dumps({"request": {}, "idempotency_key": "k", "generation": 0, "job_id": job_id})
+            db.execute(
+                "INSERT INTO task_state_store VALUES (?, ?, ?, ?, 'flexflow_job', ?)",
+                ("spring_social_refresh", run_id, task_id, map_index, value),
+            )
+
+
+def test_an_interrupted_run_of_the_same_spec_is_resumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = RunHome(tmp_path)
+    previous = _record(home, VARIANT_SPEC)
+    _submitted(home, previous.run_id, ("hero_banner.submit", -1, "job-1"), ("story.submit", 1, None))
+    assert _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None) == previous
+    out = capsys.readouterr().out
+    assert f"resuming the interrupted run {previous.run_id} of spring_social_refresh: 2 job(s)" in out
+
+
+def test_a_finished_run_is_not_resumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = RunHome(tmp_path)
+    for state in ("success", "failed"):
+        previous = _record(home, VARIANT_SPEC, state=state)
+        fresh = _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None)
+        assert fresh.run_id != previous.run_id and fresh.state == "running"
+    assert capsys.readouterr().out == ""
+
+
+def test_a_changed_spec_or_connection_says_why_it_cannot_resume_and_what_was_paid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = RunHome(tmp_path)
+    previous = _record(home, VARIANT_SPEC, spec_sha256="0" * 64)
+    _submitted(home, previous.run_id, ("hero_banner.submit", -1, "job-1"), ("story.submit", 2, "job-3"))
+    fresh = _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None)
+    assert fresh.run_id != previous.run_id
+    out = capsys.readouterr().out
+    assert "cannot resume the interrupted run" in out and "the spec file changed since it started" in out
+    assert "Its 2 submitted job(s) were already paid; this is a new run." in out
+    assert "  hero_banner: job-1\n" in out and "  story_seed-3: job-3\n" in out, "each job named by image and variant"
+
+    _record(home, VARIANT_SPEC, connection="apiframe_eu")
+    _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None)
+    assert "the --connection changed since it started" in capsys.readouterr().out
+
+
+def test_a_second_run_on_a_busy_home_is_refused(tmp_path: Path) -> None:
+    home = RunHome(tmp_path)
+    with home_lock(home) as held:
+        assert held is not None
+        with home_lock(home) as second:
+            assert second is None, "the home is busy"
+        result = flexflow_run(tmp_path, str(SPEC))
+    assert result.returncode == 2
+    assert f"flexflow run (pid {os.getpid()}) is already using {tmp_path}" in result.stderr

@@ -8,6 +8,7 @@ The process-fault table of docs/guarantees.md is written from what the cases mea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -375,3 +376,45 @@ def test_sigterm_and_ctrl_c_stop_the_run_list_its_jobs_and_a_rerun_resumes(tmp_p
         assert "cannot resume the interrupted run" in changed.output
         assert "the spec file changed since it started" in changed.output
         assert "Its 2 submitted job(s) were already paid; this is a new run" in changed.output
+
+
+# -- the child's group dies with the command: its own processes too --------------------------------
+
+#: A stand-in for ``flexflow run``: starts a child as flexflow run does (a group of its own), which
+#: sets up die_with_parent and starts a grandchild; prints the child's pid, then waits to be killed.
+FAKE_COMMAND = """
+import subprocess, sys, time
+child = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1]], start_new_session=True, stdout=subprocess.PIPE, text=True
+)
+print(child.pid, child.stdout.readline().strip(), flush=True)
+time.sleep(60)
+"""
+FAKE_CHILD = """
+import os, subprocess, time
+from flexflow.run import die_with_parent
+die_with_parent(os.getppid(), kernel={kernel})
+grandchild = subprocess.Popen(["sleep", "60"])
+print(grandchild.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["parent-death signal and watchdog", "watchdog alone"])
+def test_sigkill_of_the_command_ends_the_childs_whole_group(kernel: bool) -> None:
+    command = subprocess.Popen(
+        [sys.executable, "-c", FAKE_COMMAND, FAKE_CHILD.format(kernel=kernel)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert command.stdout is not None
+    child, grandchild = map(int, command.stdout.readline().split())
+    try:
+        assert sorted(group_alive(child)) == sorted([child, grandchild])
+        command.kill()
+        command.wait()
+        assert_group_gone(child)
+    finally:  # whatever the outcome, nothing this test started outlives it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
