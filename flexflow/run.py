@@ -229,13 +229,16 @@ def run(args: argparse.Namespace) -> int:
         print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
         return EXIT_FAILED
     home = RunHome(Path(args.home).resolve())
-    try:
-        home.root.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else str(exc)
-        print(f"flexflow run: cannot create the home {home.root}: {why}; give another --home", file=sys.stderr)
-        return EXIT_REFUSED
-    with home_lock(home) as lock:
+    with contextlib.ExitStack() as stack:
+        try:
+            home.root.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(home_lock(home))
+            if lock is not None:
+                prepare(home, Path(args.spec).resolve(), args.connection)
+        except (OSError, ValueError) as exc:  # not writable, a path too long, ...
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"flexflow run: cannot use the home {home.root}: {why}; give another --home", file=sys.stderr)
+            return EXIT_REFUSED
         if lock is None:
             print(
                 f"flexflow run: {_lock_holder(home)} is already using {home.root}; wait for it to end, "
@@ -255,17 +258,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) -> int:
-    spec_file = Path(args.spec).resolve()
-    prepare(home, spec_file, args.connection)
-    record = _this_run(home, spec, spec_file, args.connection)
+    record = _this_run(home, spec, Path(args.spec).resolve(), args.connection)
     env = home.env()
     log_file = home.logs / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     with log_file.open("w") as log:
         if not home.db.exists():
             print(f"creating the Airflow database in {home.root} (first run only) ...", flush=True)
-            subprocess.run(
-                [sys.executable, "-m", "airflow", "db", "migrate"], env=env, stdout=log, stderr=log, check=True
-            )
+            migrate = [sys.executable, "-m", "airflow", "db", "migrate"]
+            if subprocess.run(migrate, env=env, stdout=log, stderr=log, check=False).returncode != 0:
+                print(f"creating the Airflow database failed; nothing was submitted. Airflow's log: {log_file}")
+                return EXIT_FAILED
         emulator = None if args.connection else EmulatorServer(DEMO_EMULATOR).start()
         try:
             if emulator is not None:
