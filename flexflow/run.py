@@ -298,6 +298,9 @@ def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None
     logical = spec.start_date if spec.start_date and spec.start_date > now else now
     fresh = RunRecord(spec.dag_id, logical.isoformat(), now.isoformat(), digest, connection, None)
     previous = RunRecord.load(home.record_file(spec.dag_id))
+    unread = _read_result(home)  # the run ended, but its command was killed before it could read how
+    if previous is not None and unread is not None and unread.get("run_id") == previous.run_id:
+        previous = replace(previous, state=str(unread.get("state")))
     if previous is None or previous.state != "running":
         return fresh  # a finished run (success or failure) is not resumed
     submitted = _submitted_jobs(home.db, spec, previous.run_id)

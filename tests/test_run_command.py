@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
-from flexflow.run import RunHome, RunRecord, _this_run, home_lock
+from flexflow.run import RESULT_FILE, RunHome, RunRecord, _this_run, home_lock
 from flexflow.spec import load_spec
 from tests.conftest import ROOT
 
@@ -155,3 +155,11 @@ def test_a_second_run_on_a_busy_home_is_refused(tmp_path: Path) -> None:
         result = flexflow_run(tmp_path, str(SPEC))
     assert result.returncode == 2
     assert f"flexflow run (pid {os.getpid()}) is already using {tmp_path}" in result.stderr
+
+
+def test_a_run_that_ended_while_its_command_was_killed_is_not_resumed(tmp_path: Path) -> None:
+    home = RunHome(tmp_path)
+    previous = _record(home, VARIANT_SPEC)  # still "running": the command never read the result
+    (tmp_path / RESULT_FILE).write_text(json.dumps({"state": "success", "run_id": previous.run_id}))
+    assert _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None).run_id != previous.run_id
+    assert not (tmp_path / RESULT_FILE).exists(), "read once: a later run cannot mistake it for its own"
