@@ -157,6 +157,7 @@ class Command:
             cwd=ROOT,
         )
         self.lines: list[str] = []
+        self.child_pid: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -175,12 +176,41 @@ class Command:
             children = psutil.Process(self.process.pid).children()
         except psutil.NoSuchProcess:
             return None
-        return next((c for c in children if "flexflow.run" in " ".join(c.cmdline())), None)
+        child = next((c for c in children if "flexflow.run" in " ".join(c.cmdline())), None)
+        if child is not None:
+            self.child_pid = child.pid
+        return child
 
     def finish(self, timeout: float = RUN_TIMEOUT) -> int:
         code = self.process.wait(timeout)
         self._reader.join(5)
         return code
+
+    def kill(self) -> None:
+        """End what this command started, when a failed test left it running: the child's group, then it."""
+        self.child()
+        if self.child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child_pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def commands() -> Iterator[Callable[[Workspace], Command]]:
+    """Starts ``flexflow run`` commands; whatever the test's outcome, none outlives it."""
+    started: list[Command] = []
+
+    def start(workspace: Workspace) -> Command:
+        started.append(Command(workspace))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for command in started:
+            command.kill()
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float = STAGE_TIMEOUT) -> None:
@@ -265,11 +295,11 @@ CASES = (
 
 def run_case(case: Case, root: Path, airflow_db: Path) -> list[object]:
     flags = ("--queue-seconds", "1", "--processing-seconds", str(case.processing_seconds))
-    with emulator_process(*flags) as control:
+    with emulator_process(*flags) as control, commands() as command:
         if case.rules:
             control.add_faults(*case.rules)
         workspace = Workspace.create(root, control.url, airflow_db)
-        first = Command(workspace)
+        first = command(workspace)
         wait_for(f"{case.stage}", lambda: case.reached(first, control.accounting()))
         child = first.child()
         assert child is not None, first.output
@@ -286,7 +316,7 @@ def run_case(case: Case, root: Path, airflow_db: Path) -> list[object]:
         if case.stage == "before any submit":
             assert control.accounting()["submissions"] == 0, "the kill came before any submit"
 
-        rerun = Command(workspace)
+        rerun = command(workspace)
         assert rerun.finish() == 0, rerun.output
         assert "resuming the interrupted run" in rerun.output, rerun.output
         accounting = control.accounting()
@@ -333,13 +363,13 @@ def test_killed_at_any_stage_and_run_again_every_image_is_published_once(tmp_pat
 
 
 def test_sigterm_and_ctrl_c_stop_the_run_list_its_jobs_and_a_rerun_resumes(tmp_path: Path, airflow_db: Path) -> None:
-    with emulator_process("--queue-seconds", "1", "--processing-seconds", "30") as control:
+    with emulator_process("--queue-seconds", "1", "--processing-seconds", "30") as control, commands() as command:
         workspace = Workspace.create(tmp_path, control.url, airflow_db)
-        first = Command(workspace)
+        first = command(workspace)
         wait_for("both jobs submitted", lambda: control.accounting()["jobs_created"] == JOBS)
         wait_for("the submit tasks' records", lambda: first.output.count("submitted 2/2") > 0)
 
-        second = Command(workspace)  # the same home, while the first runs
+        second = command(workspace)  # the same home, while the first runs
         assert second.finish() == 2, second.output
         assert f"flexflow run (pid {first.process.pid}) is already using {workspace.home}" in second.output
 
@@ -354,7 +384,7 @@ def test_sigterm_and_ctrl_c_stop_the_run_list_its_jobs_and_a_rerun_resumes(tmp_p
         assert all(job_id in first.output for job_id in jobs), "every submitted job id is listed"
         assert "to resume it, run the same command again" in first.output
 
-        resumed = Command(workspace)
+        resumed = command(workspace)
         wait_for("the resumed submit tasks", lambda: "submitted 2/2" in resumed.output)
         assert "resuming the interrupted run" in resumed.output and "2 job(s) were submitted" in resumed.output
         resumed.process.send_signal(signal.SIGINT)  # what Ctrl-C delivers (the child has a group of its own)
@@ -369,7 +399,7 @@ def test_sigterm_and_ctrl_c_stop_the_run_list_its_jobs_and_a_rerun_resumes(tmp_p
         assert sorted(accounting["polls_per_job"]) == sorted(jobs)
 
         workspace.write_spec("A poster of a lighthouse at dusk")  # a changed spec cannot resume
-        changed = Command(workspace)
+        changed = command(workspace)
         wait_for("the new run", lambda: "running process_faults" in changed.output)
         changed.process.send_signal(signal.SIGTERM)
         assert changed.finish() == 143, changed.output
