@@ -255,7 +255,10 @@ class Case:
     expected: str
     rules: tuple[dict[str, Any], ...]
     reached: Callable[[Command, dict[str, Any]], bool]
-    kill_child_only: bool = False
+    signum: signal.Signals = signal.SIGKILL
+    to_child: bool = False  # the signal goes to the Airflow child alone, not to the command
+    exit_code: int = -signal.SIGKILL  # of the command
+    says: tuple[str, ...] = ()  # what the command prints before it exits
     processing_seconds: float = 2.0
 
 
@@ -277,6 +280,8 @@ def _waiting(command: Command, accounting: dict[str, Any]) -> bool:
 
 
 RERUN = "rerun resumes: every image once, manifest and Asset event"
+RESUME_HINT = "to resume it, run the same command again"
+LISTED = "jobs submitted by run manual__"
 CASES = (
     Case("flexflow run SIGKILLed", "before any submit", RERUN, (), _before_submit),
     Case("flexflow run SIGKILLed", "a submit in flight", RERUN, (_slow("submit"),), _held),
@@ -285,10 +290,33 @@ CASES = (
     Case(
         "worker (Airflow child) SIGKILLed",
         "a submit in flight",
-        "the command reports it (exit 1); " + RERUN,
+        "the command reports it, exit 1; " + RERUN,
         (_slow("submit"),),
         _held,
-        kill_child_only=True,
+        to_child=True,
+        exit_code=1,
+        says=("was killed by SIGKILL before the run finished", LISTED, RESUME_HINT),
+    ),
+    Case(
+        "flexflow run SIGTERMed",
+        "waiting for the jobs",
+        "child group stopped, jobs listed, exit 143; " + RERUN,
+        (),
+        _waiting,
+        signum=signal.SIGTERM,
+        exit_code=143,
+        says=("stopped by SIGTERM", LISTED, "of 2\n  poster_seed-1: ", RESUME_HINT),
+        processing_seconds=15.0,
+    ),
+    Case(
+        "Ctrl-C (SIGINT to flexflow run)",
+        "a submit in flight",
+        "child group stopped, jobs listed, exit 130; " + RERUN,
+        (_slow("submit"),),
+        _held,
+        signum=signal.SIGINT,
+        exit_code=130,
+        says=("stopped by SIGINT", LISTED, RESUME_HINT),
     ),
 )
 
@@ -303,14 +331,10 @@ def run_case(case: Case, root: Path, airflow_db: Path) -> list[object]:
         wait_for(f"{case.stage}", lambda: case.reached(first, control.accounting()))
         child = first.child()
         assert child is not None, first.output
-        if case.kill_child_only:
-            os.kill(child.pid, signal.SIGKILL)
-            assert first.finish() == 1, first.output
-            assert "was killed by SIGKILL before the run finished" in first.output
-            assert "to resume it, run the same command again" in first.output
-        else:
-            os.kill(first.process.pid, signal.SIGKILL)
-            first.finish()
+        os.kill(child.pid if case.to_child else first.process.pid, case.signum)
+        assert first.finish() == case.exit_code, first.output
+        for text in case.says:
+            assert text in first.output, (text, first.output)
         assert_group_gone(child.pid)  # the child leads its own process group
         assert_no_more_requests(control, held=bool(case.rules))
         if case.stage == "before any submit":
