@@ -305,9 +305,14 @@ def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None
         return fresh  # a finished run (success or failure) is not resumed
     submitted = _submitted_jobs(home.db, spec, previous.run_id)
     if previous.spec_sha256 == digest and previous.connection == connection:
+        fate = (
+            "they are reconnected to (same Idempotency-Keys), not paid again"
+            if connection
+            else "the embedded emulator that had them is gone, so they are generated again (it costs nothing)"
+        )
         print(
             f"resuming the interrupted run {previous.run_id} of {spec.dag_id}: {len(submitted)} job(s) were "
-            "submitted before it stopped; they are reconnected to (same Idempotency-Keys), not paid again",
+            f"submitted before it stopped; {fate}",
             flush=True,
         )
         return previous
