@@ -224,6 +224,8 @@ def checked_images(folder: Path) -> tuple[list[str], list[str]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
     partial = [p.name for p in files if p.name.endswith(".partial")]
     images = [p for p in files if p.suffix == ".png"]
+    others = [p.name for p in files if p not in images and p.name != MANIFEST_NAME and p.name not in partial]
+    assert others == [], f"a run stores its images and manifest, nothing else: {others}"
     expected = output_size(FLUX)
     for path in images:
         with Image.open(path) as image:
@@ -268,13 +270,25 @@ def settled(emulator: EmulatorServer, late_submits: int, timeout: float = 15.0) 
         time.sleep(0.05)
 
 
-def faulted_run(
-    dag: Any, emulator: EmulatorServer, airflow_db: Path, capfd: pytest.CaptureFixture[str], case: Case
-) -> Measured:
-    emulator.faults.add(case.rule)
+@dataclass(frozen=True)
+class Captured:
+    """What a run printed: the tasks' output (capfd) and Airflow's own log records (caplog)."""
+
+    capfd: pytest.CaptureFixture[str]
+    caplog: pytest.LogCaptureFixture
+
+    def take(self) -> str:
+        text = "".join(self.capfd.readouterr()) + self.caplog.text
+        self.caplog.clear()
+        return text
+
+
+def faulted_run(dag: Any, emulator: EmulatorServer, airflow_db: Path, captured: Captured, case: Case) -> Measured:
+    if case.rule:
+        emulator.faults.add(case.rule)
     dag_run = dag.test()
     settled(emulator, case.late_submits)
-    output = "".join(capfd.readouterr())
+    output = captured.take()
     folder = TARGET / "pair" / dag_run.run_id.replace(":", "_")
     states = task_states(airflow_db, DAG_ID, dag_run.run_id)
     images, partial = checked_images(folder)
@@ -305,10 +319,11 @@ def test_a_fault_costs_at_most_one_bill_and_publishes_all_or_nothing(
     apiframe_connection: str,
     airflow_db: Path,
     capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with_extras(monkeypatch, apiframe_connection, case.extra)
-    run = faulted_run(fault_dags[DAG_ID], emulator, airflow_db, capfd, case)
+    run = faulted_run(fault_dags[DAG_ID], emulator, airflow_db, Captured(capfd, caplog), case)
     MEASURED[case.row] = run
 
     assert run.injected >= 1, "the fault was injected"
@@ -363,20 +378,43 @@ def as_bytes(value: object) -> bytes:
     return str(value).encode()
 
 
-def test_after_the_fault_matrix_the_key_is_nowhere(fault_dags: dict[str, Any], airflow_db: Path) -> None:
+def stored_haystacks(db: Path, *folders: Path) -> dict[str, bytes]:
+    """Every file under the folders and AIRFLOW_HOME (the database, its journal, logs), and every table."""
+    files = [path for folder in (*folders, AIRFLOW_HOME) for path in folder.rglob("*") if path.is_file()]
+    haystacks = {str(path): path.read_bytes() for path in files}
+    haystacks.update({f"table {table}": values for table, values in database_values(db).items()})
+    return haystacks
+
+
+def holding_the_key(haystacks: dict[str, bytes]) -> list[str]:
+    """The haystacks in which the connection's key shows, as written or encoded (base64, hex, URL-quoted)."""
+    return sorted(name for name, haystack in haystacks.items() if leaks(haystack, SECRET_KEY))
+
+
+def test_after_the_fault_matrix_the_key_is_nowhere(
+    fault_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     assert MEASURED, "the hunt runs after the fault matrix, in the same module run"
-    haystacks: dict[str, bytes] = {}
-    for row, run in MEASURED.items():
+    # One more run whose jobs take a while, so that its waits defer: the trigger's arguments and event
+    # go through Airflow's serialization too (dag.test() runs the trigger in line, with no trigger row).
+    emulator.config.update({"processing_seconds": 1.5})
+    deferred = faulted_run(fault_dags[DAG_ID], emulator, airflow_db, Captured(capfd, caplog), Case("deferred", {}))
+    polls = emulator.accounting()["polls_per_job"].values()
+    assert deferred.state == "success" and max(polls) >= 2, "a job still running at the first check: the wait deferred"
+
+    haystacks = stored_haystacks(airflow_db, TARGET)
+    for row, run in [*MEASURED.items(), ("deferred", deferred)]:
         haystacks[f"captured output of {row!r}"] = run.output.encode()
         haystacks[f"requests the emulator received in {row!r}"] = run.received.encode()
-    files = [path for folder in (TARGET, AIRFLOW_HOME) for path in folder.rglob("*") if path.is_file()]
-    haystacks.update({str(path): path.read_bytes() for path in files})
-    tables = database_values(airflow_db)
-    haystacks.update({f"table {table}": values for table, values in tables.items()})
-
-    # The hunt looks where the runs wrote: their files, XComs, rendered fields and trigger rows.
-    assert any(path.name == MANIFEST_NAME for path in files) and any(path.suffix == ".png" for path in files)
-    assert DAG_ID.encode() in tables["xcom"] and DAG_ID.encode() in tables["rendered_task_instance_fields"]
-    assert "trigger" in tables and "connection" in tables
-    found = sorted(name for name, haystack in haystacks.items() if leaks(haystack, SECRET_KEY))
+    # The hunt looks where the runs wrote: their files, XComs, rendered fields, the tasks' trigger events.
+    assert any(name.endswith(MANIFEST_NAME) for name in haystacks) and any(name.endswith(".png") for name in haystacks)
+    for table in ("xcom", "rendered_task_instance_fields", "task_instance"):
+        assert DAG_ID.encode() in haystacks[f"table {table}"], table
+    assert "table trigger" in haystacks and "table connection" in haystacks
+    found = holding_the_key(haystacks)
     assert found == [], f"the API key (or an encoding of it) was found in {found}"

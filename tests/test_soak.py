@@ -29,6 +29,7 @@ from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, rows, task_states
 from tests.conftest import ROOT
+from tests.test_fault_matrix import holding_the_key, received_requests, stored_haystacks
 
 DAG_ID = "flexflow_test_soak"
 TARGET = Path("/tmp/flexflow-test-soak")
@@ -77,7 +78,12 @@ def check_published(folder: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_500_images_through_20_percent_faults_are_each_published_once(
-    soak_dag: Any, emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path
+    soak_dag: Any,
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     emulator.faults.reset(seed=SEED)
     emulator.faults.add(*FAULTS)
@@ -99,3 +105,11 @@ def test_500_images_through_20_percent_faults_are_each_published_once(
     assert transient >= 0.15 * (2 * JOBS + JOBS * PER_JOB), injected
     assert accounting["jobs_billed"] == accounting["jobs_created"] == JOBS, "one bill per job"
     assert accounting["duplicates"] == {"by_key": {}, "by_body": 0}
+
+    # The key hunt after the soak: its files, Airflow's home and database, its output, the requests.
+    haystacks = stored_haystacks(airflow_db, TARGET)
+    haystacks["captured output"] = ("".join(capfd.readouterr()) + caplog.text).encode()
+    haystacks["requests the emulator received"] = received_requests(emulator).encode()
+    assert DAG_ID.encode() in haystacks["captured output"] and b"tile_seed-100-5.png" in haystacks["table xcom"]
+    found = holding_the_key(haystacks)
+    assert found == [], f"the API key (or an encoding of it) was found in {found}"
