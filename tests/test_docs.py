@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import re
+
 from flexflow import defaults
 from flexflow.contract.docs import parameters_markdown
 from tests.conftest import ROOT
@@ -51,3 +54,30 @@ def test_spec_page_prose_tables_agree_with_the_defaults_table() -> None:
     expected = {d.key: f"`{defaults.shown(d.value)}`" for d in defaults.TABLE if d.key in written}
     assert {key: written[key] for key in expected} == expected
     assert {"retries", "retry_delay", "timeout", "poll_interval", "owner", "filename"} <= expected.keys()
+
+
+def _named_tests(page: str) -> list[tuple[str, str | None]]:
+    """(file, test name or None) for every ``tests/....py[::name]`` a page names; a bare ``::name``
+    continues the file named last."""
+    named: list[tuple[str, str | None]] = []
+    last = ""
+    for match in re.finditer(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", page):
+        file, name = match.group(1), match.group(2)
+        if file:
+            last = file
+        if file or name:
+            named.append((file or last, name))
+    return named
+
+
+def test_every_test_the_guarantees_page_names_exists() -> None:
+    """docs/guarantees.md links each guarantee to its tests: a renamed or removed test must not leave it
+    pointing at nothing."""
+    named = _named_tests((ROOT / "docs/guarantees.md").read_text())
+    assert len(named) > 20, named
+    for file, name in named:
+        path = ROOT / file
+        assert path.is_file(), f"docs/guarantees.md names {file}, which does not exist"
+        if name:
+            defined = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+            assert name in defined, f"docs/guarantees.md names {file}::{name}, which is not a test there"
