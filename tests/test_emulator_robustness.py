@@ -531,7 +531,7 @@ BAD_FLAGS = [
     (["--credits", "-5"], "credits must be 0 or more"),
     (["--credits", "1.5"], "credits must be an integer"),
     (["--fault-seed", "seven"], "seed must be an integer"),
-    (["--max-body-bytes", "0"], "positive"),
+    (["--max-body-bytes", "0"], "max body bytes must be 1 or more"),
     (["--fault", "meteor:count=1"], "unknown fault 'meteor'"),
     (["--fault", "http_500:count=1.5"], "count must be an integer"),
     (["--fault", "rate_limit:count=1,retry_after=9999"], "retry_after must be none or seconds in [0, 3600]"),

@@ -126,10 +126,7 @@ def seconds(text: str) -> float:
 
 
 def credits_balance(text: str) -> int:
-    value = _integer(text, "credits")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"credits must be 0 or more, not {value}")
-    return value
+    return _integer(text, "credits", minimum=0)
 
 
 def seed(text: str) -> int:
@@ -137,10 +134,7 @@ def seed(text: str) -> int:
 
 
 def body_limit(text: str) -> int:
-    value = _integer(text, "max body bytes")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"max body bytes must be a positive number of bytes, not {value}")
-    return value
+    return _integer(text, "max body bytes", minimum=1)
 
 
 def api_key(text: str) -> str:
@@ -169,11 +163,14 @@ def key_file(text: str) -> list[str]:
     return keys
 
 
-def _integer(text: str, what: str) -> int:
+def _integer(text: str, what: str, minimum: int | None = None) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be {minimum} or more, not {value}")
+    return value
 
 
 def keys_from_environment() -> list[str]:
