@@ -52,6 +52,7 @@ def emulator_server() -> Iterator[EmulatorServer]:
 @pytest.fixture
 def emulator(emulator_server: EmulatorServer) -> EmulatorServer:
     """The session's emulator, reset: no jobs, no faults, instant jobs, default settings."""
+    emulator_server.wait_idle()  # a slow request an earlier test's client gave up on lands before the reset
     emulator_server.state.reset()
     emulator_server.faults.reset(seed=0)
     emulator_server.config.update(

@@ -1009,3 +1009,17 @@ def test_cli_emulator_with_a_fault() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_wait_idle_lets_a_request_its_client_gave_up_on_land_before_a_reset(emulator: EmulatorServer) -> None:
+    """Without it, a slow submit an earlier test abandoned would create a job in the next test's fresh state."""
+    emulator.faults.add({"fault": "slow", "count": 1, "route": "submit", "delay": 0.5})
+    impatient = httpx2.Client(base_url=emulator.url, headers={"X-API-Key": DEFAULT_TEST_KEY}, timeout=0.1)
+    with impatient, pytest.raises(httpx2.TimeoutException):
+        impatient.post(SUBMIT_PATH, json=small())
+    assert emulator.state.requests_in_flight == 1, "the server still handles the request its client left"
+    emulator.wait_idle()
+    assert emulator.state.requests_in_flight == 0
+    assert emulator.accounting()["jobs_created"] == 1, "the abandoned submit landed before wait_idle returned"
+    emulator.state.reset()
+    assert emulator.accounting()["jobs_created"] == 0

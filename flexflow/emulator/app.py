@@ -487,6 +487,13 @@ class RequestGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.state.request_started()
+        try:
+            await self._gate(scope, receive, send)
+        finally:
+            self.state.request_ended()
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.state.config.max_body_bytes
         declared = _content_length(scope)
         drain = declared is None or declared <= MAX_DRAIN_BYTES

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +74,16 @@ class EmulatorServer:
 
     def accounting(self) -> dict[str, object]:
         return self.state.accounting()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being handled (a slow one a client gave up on may still be).
+
+        A test calls this before it resets the state, so that a request left over from an earlier test
+        cannot create a job in the fresh state.
+        """
+        deadline = time.monotonic() + timeout
+        while self.state.requests_in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def received_requests(self) -> list[dict[str, Any]]:
         """Every request received (the last 10,000, oldest first), without its API key header."""

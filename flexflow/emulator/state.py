@@ -212,6 +212,7 @@ class EmulatorState:
         self.submissions_per_key: Counter[str] = Counter()
         self._received: deque[dict[str, Any]] = deque(maxlen=RECEIVED_REQUESTS_KEPT)
         self._received_total = 0
+        self.requests_in_flight = 0  # being handled now: a test waits for none before it resets
 
     def reset(self) -> None:
         with self._lock:
@@ -223,6 +224,14 @@ class EmulatorState:
             self._received_total = 0
 
     # -- received requests ---------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        with self._lock:
+            self.requests_in_flight += 1
+
+    def request_ended(self) -> None:
+        with self._lock:
+            self.requests_in_flight -= 1
 
     def record_request(
         self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes, body_bytes: int
