@@ -89,12 +89,14 @@ def headroom(caps: Mapping[str, str], cost: Estimate) -> dict[str, str]:
     }
 
 
-def budget_findings(spec: Spec) -> Iterator[tuple[tuple[str, str], str]]:
+def budget_findings(spec: Spec) -> Iterator[tuple[tuple[str, ...], str]]:
     """A cap one run of the spec already exceeds (a per-day cap too: it would refuse every run)."""
     if spec.budget is None:
         return
     cost = estimate(spec, spec.budget.price_per_megapixel)
     found = caps(spec.budget)
+    if not found:
+        yield ("budget",), f"the budget sets no cap: give one of {', '.join(CAPS)}"
     for period in ("run", "day"):
         for key, message in over(found, period, cost):
             yield (
