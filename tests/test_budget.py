@@ -19,8 +19,9 @@ import pytest
 from flexflow.cli import main as flexflow_main
 from flexflow.contract.sizes import credit_cost
 from flexflow.emulator import EmulatorServer
+from flexflow.publishing.budget import day_total
 from flexflow.spec import SpecError, load_spec, parse_spec
-from flexflow.spec.budget import estimate
+from flexflow.spec.budget import Estimate, estimate, over
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import TEMPLATED
 from tests.airflow_helpers import load_module, task_states, xcom
@@ -183,3 +184,19 @@ def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
     next_day = dag.test(logical_date=datetime(2026, 11, 3, 6, tzinfo=UTC))
     assert next_day.state == "success", task_states(airflow_db, dag_id, next_day.run_id)
     assert emulator.accounting()["submissions"] == 4
+
+
+def test_a_days_total_counts_each_other_run_of_that_day_once() -> None:
+    cost = {"jobs": 1, "billed_megapixels": 2, "credits": 10, "usd": "0.10"}
+    records = [
+        None,  # no earlier run
+        {"day": "2026-11-02", "run_id": "a", "estimate": cost},
+        {"day": "2026-11-02", "run_id": "a", "estimate": cost},  # the same run read twice
+        {"day": "2026-11-01", "run_id": "b", "estimate": cost},  # another day
+        {"day": "2026-11-02", "run_id": "own", "estimate": cost},  # this run itself
+        "not a record",
+    ]
+    assert day_total(records, "2026-11-02", "own") == Estimate(1, 2, 10, Decimal("0.10"))
+    assert [key for key, _ in over({"usd_per_day": "0.15"}, "day", Estimate(2, 4, 20, Decimal("0.20")))] == [
+        "usd_per_day"
+    ]
