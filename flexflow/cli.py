@@ -17,20 +17,19 @@ from flexflow.contract import output_size
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
-from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, deployment_limits
+from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, MAX_PRICE_PER_MEGAPIXEL, PRICE_PER_MEGAPIXEL, deployment_limits
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
 from flexflow.errors import FlexflowError
 from flexflow.run import RunError, check_connection_id
-from flexflow.spec import SpecError, find_spec_files, load_folder, load_spec, spec_schema
+from flexflow.spec import SpecError, budget, find_spec_files, load_folder, load_spec, spec_schema
+from flexflow.spec.model import Spec
 from flexflow.spec.report import render_json, render_text, use_color
 
 DEFAULT_HOME = Path(".flexflow/airflow-home")
 
-#: Black Forest Labs' FLUX.2 [flex] price: about $0.05 per started megapixel.
-DEFAULT_PRICE_PER_MEGAPIXEL = Decimal("0.05")
-#: Far above any real price: a larger value is a typo (or an attempt to overflow the estimate).
-MAX_PRICE_PER_MEGAPIXEL = Decimal(1000)
+#: The price ``flexflow plan`` estimates with unless told (a spec's budget has its own).
+DEFAULT_PRICE_PER_MEGAPIXEL = PRICE_PER_MEGAPIXEL
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -88,7 +87,7 @@ def _plan(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
         return EXIT_INVALID
-    price = Decimal(args.price_per_megapixel)
+    price = _plan_price(args.price_per_megapixel, spec)
     cap = deployment_limits().max_jobs_per_run  # the deployment's, which validation held the spec to
     jobs = spec.jobs()
     billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
@@ -127,6 +126,7 @@ def _plan(args: argparse.Namespace) -> int:
         "billed_megapixels_per_run": billed,
         "price_per_megapixel": str(price),
         "estimated_cost_per_run": str(price * billed),
+        "budget": _plan_budget(spec),
     }
     if args.format == "json":
         print(json.dumps(plan, indent=2))
@@ -150,7 +150,46 @@ def _plan(args: argparse.Namespace) -> int:
         f"\njobs per run: {len(jobs)} | output megapixels: {spec.megapixels:g} | billed megapixels: {billed}"
         f" | estimated cost per run: ${price * billed:.2f} (at ${price} per megapixel)"
     )
+    planned = _plan_budget(spec)
+    if planned is not None:
+        print(_budget_line(planned))
     return EXIT_OK
+
+
+def _plan_price(given: str | None, spec: Spec) -> Decimal:
+    """The flag's price, else the spec's budget's, else the default."""
+    if given is not None:
+        return Decimal(given)
+    return spec.budget.price_per_megapixel if spec.budget else DEFAULT_PRICE_PER_MEGAPIXEL
+
+
+def _plan_budget(spec: Spec) -> dict[str, Any] | None:
+    """The budget's caps, one run's estimate at the budget's price, and what each per-run cap leaves."""
+    if spec.budget is None:
+        return None
+    found = budget.caps(spec.budget)
+    cost = budget.estimate(spec, spec.budget.price_per_megapixel)
+    return {
+        "caps": found,
+        "price_per_megapixel": str(spec.budget.price_per_megapixel),
+        "estimate_per_run": cost.to_dict(),
+        "headroom_per_run": budget.headroom(found, cost),
+    }
+
+
+def _budget_line(planned: dict[str, Any]) -> str:
+    caps = planned["caps"]
+    left = planned["headroom_per_run"]
+    shown = [
+        f"{key} {budget.shown(key, Decimal(value))}"
+        + (f" (headroom {budget.shown(key, Decimal(left[key]))})" if key in left else "")
+        for key, value in caps.items()
+    ]
+    cost = planned["estimate_per_run"]
+    return (
+        f"budget: {', '.join(shown)} | estimate per run: {cost['credits']} credits,"
+        f" ${Decimal(cost['usd']):.2f} at ${planned['price_per_megapixel']} per megapixel"
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -181,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=("text", "json"), default="text")
     plan.add_argument(
         "--price-per-megapixel",
-        default=str(DEFAULT_PRICE_PER_MEGAPIXEL),
+        default=None,
         type=_price,
-        help=f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
+        help=f"USD per billed megapixel (default: the spec's budget's, else {DEFAULT_PRICE_PER_MEGAPIXEL})",
     )
     plan.set_defaults(handler=_plan)
 

@@ -12,6 +12,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import TypeVar
 
 from flexflow.contract.wire import job_path
@@ -42,6 +43,11 @@ MIN_SCHEDULE_INTERVAL = timedelta(hours=1)
 MAX_JOBS_PER_RUN = 500
 MIN_SCHEDULE_INTERVAL_ENV = "FLEXFLOW_MIN_SCHEDULE_INTERVAL"
 MAX_JOBS_PER_RUN_ENV = "FLEXFLOW_MAX_JOBS_PER_RUN"
+#: USD per billed megapixel (Black Forest Labs' FLUX.2 [flex]: about $0.05 per started megapixel): what
+#: ``flexflow plan`` estimates with and a spec's ``budget.price_per_megapixel`` defaults to.
+PRICE_PER_MEGAPIXEL = Decimal("0.05")
+#: Far above any real price: a larger value is a typo (or an attempt to overflow the estimate).
+MAX_PRICE_PER_MEGAPIXEL = Decimal(1000)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,13 @@ RULES = {
     "filename_collision",
     # templates
     "jinja_syntax_error",
+    # budget
+    "budget_credits_per_run_exceeded",
+    "budget_usd_per_run_exceeded",
+    "budget_per_day_below_one_run",
+    "budget_no_cap",
+    "budget_unknown_key",
+    "budget_param_in_flux",
     # all at once
     "many_problems",
 }

@@ -18,6 +18,7 @@ from typing import Any
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.compiler.docs import plain_text, spec_doc
 from flexflow.publishing.paths import literal_prefix
+from flexflow.spec import budget
 from flexflow.spec.checks import template_params
 from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.templates import TEMPLATE_FILTERS
@@ -108,13 +109,20 @@ def _prepare(spec: Spec) -> PlannedTask:
         for image, variant, flux in spec.jobs()
     ]
     used = template_params(spec.publish.to, spec.publish.filename)
-    arguments = {
+    arguments: dict[str, Any] = {
         "to": spec.publish.to,
         "root": literal_prefix(spec.publish.to),
         "filename": spec.publish.filename,
         "files": files,
         "params_used": None if used is None else sorted(used),
     }
+    if spec.budget is not None:  # only then: a spec without a budget compiles as before
+        cost = budget.estimate(spec, spec.budget.price_per_megapixel)
+        arguments["budget"] = {
+            "caps": budget.caps(spec.budget),
+            "estimate": cost.to_dict(),
+            "price_per_megapixel": str(spec.budget.price_per_megapixel),
+        }
     return PlannedTask(PREPARE, PREPARE, "PreparePublishOperator", arguments, (), None, None)
 
 

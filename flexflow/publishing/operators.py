@@ -14,6 +14,7 @@ from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.outcome import JobOutcome
 from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
+from flexflow.publishing.budget import enforce_budget
 from flexflow.publishing.paths import (
     JOB_ID,
     MANIFEST_NAME,
@@ -49,6 +50,8 @@ class PreparePublishOperator(BaseOperator):
         literally
     :param files: every job of the run as ``{"image", "variant", "ext"}``
     :param params_used: the params ``to`` and ``filename`` read (None: all of them); their values are checked
+    :param budget: the spec's caps and one run's estimate (None: no budget); a run over it fails here
+        (:mod:`flexflow.publishing.budget`)
     """
 
     template_fields: Sequence[str] = ("to", "filename")
@@ -62,6 +65,7 @@ class PreparePublishOperator(BaseOperator):
         filename: str,
         files: Sequence[Mapping[str, str]],
         params_used: Sequence[str] | None,
+        budget: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)
@@ -71,6 +75,7 @@ class PreparePublishOperator(BaseOperator):
         self.filename = filename
         self.files = [dict(file) for file in files]
         self.params_used = None if params_used is None else list(params_used)
+        self.budget = None if budget is None else dict(budget)
 
     def execute(self, context: Context) -> dict[str, Any]:
         given = dict(context["params"])
@@ -80,6 +85,9 @@ class PreparePublishOperator(BaseOperator):
             target = planned_target(self.to, self.root, self.filename, files, used)
         except PathRefused as exc:
             raise AirflowFailException(f"nothing was submitted: {exc}") from exc
+        if self.budget is not None:
+            day = enforce_budget(self.budget, context)
+            self.log.info("within budget: %d credits, $%.2f for this DAG's runs of the day", day.credits, day.usd)
         self.log.info("publishing %d file(s) to %s", len(files), target[FOLDER])
         return target
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from flexflow import defaults as fallback
@@ -42,6 +43,23 @@ def build_spec(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
             manifest=publish.get("manifest", fallback.MANIFEST),
             asset=publish.get("asset", f"flexflow://{dag_id}"),
         ),
+        budget=_budget(data.get("budget")),
+    )
+
+
+def _budget(data: Mapping[str, Any] | None) -> model.BudgetSpec | None:
+    if data is None:
+        return None
+
+    def usd(key: str) -> Decimal | None:
+        return Decimal(str(data[key])) if key in data else None  # str: 0.1 stays 0.1, not its float
+
+    return model.BudgetSpec(
+        credits_per_run=data.get("credits_per_run"),
+        usd_per_run=usd("usd_per_run"),
+        credits_per_day=data.get("credits_per_day"),
+        usd_per_day=usd("usd_per_day"),
+        price_per_megapixel=Decimal(str(data.get("price_per_megapixel", fallback.PRICE_PER_MEGAPIXEL))),
     )
 
 

@@ -9,11 +9,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
 from flexflow.contract.params import JsonScalar, apply_defaults
-from flexflow.contract.sizes import credit_cost, megapixels
+from flexflow.contract.sizes import billed_megapixels, credit_cost, megapixels
 
 
 def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -79,6 +80,17 @@ class PublishSpec:
 
 
 @dataclass(frozen=True)
+class BudgetSpec:
+    """Spend caps (None: no cap of that kind); USD at ``price_per_megapixel`` per billed megapixel."""
+
+    credits_per_run: int | None
+    usd_per_run: Decimal | None
+    credits_per_day: int | None
+    usd_per_day: Decimal | None
+    price_per_megapixel: Decimal
+
+
+@dataclass(frozen=True)
 class Spec:
     path: str
     source: str
@@ -95,6 +107,7 @@ class Spec:
     images: tuple[ImageSpec, ...]
     publish: PublishSpec
     extras: Mapping[str, Any] = field(default_factory=lambda: frozen({}))
+    budget: BudgetSpec | None = None
 
     @property
     def job_count(self) -> int:
@@ -110,6 +123,10 @@ class Spec:
     @property
     def credits(self) -> int:
         return sum(credit_cost(flux) for _, _, flux in self.jobs())
+
+    @property
+    def billed_megapixels(self) -> int:
+        return sum(billed_megapixels(flux) for _, _, flux in self.jobs())
 
 
 def build_variants(values: Mapping[str, list[JsonScalar]]) -> tuple[Variant, ...]:

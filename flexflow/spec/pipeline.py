@@ -14,6 +14,7 @@ from pathlib import Path
 from flexflow.contract.schema import Problem
 from flexflow.defaults import deployment_limits
 from flexflow.spec.airflow_rules import airflow_findings
+from flexflow.spec.budget import budget_findings
 from flexflow.spec.build import build_spec
 from flexflow.spec.cache import SpecCache
 from flexflow.spec.checks import problems_beyond_schema, secret_problems
@@ -44,6 +45,9 @@ def parse_spec(text: str, file: str = "<spec>", cache: SpecCache | None = None) 
     if found:
         raise SpecError([locate(file, positions, p.path, p.message) for p in found.values()])
     spec = build_spec(data, text, file)
+    over_budget = [locate(file, positions, path, message) for path, message in budget_findings(spec)]
+    if over_budget:  # needs the built spec (every default applied), so only a spec valid otherwise gets here
+        raise SpecError(over_budget)
     if cache:
         cache.put(text, data)
     return spec

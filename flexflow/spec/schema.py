@@ -147,6 +147,33 @@ def _publish() -> dict[str, Any]:
     }
 
 
+def _budget() -> dict[str, Any]:
+    def cap(kind: str, period: str) -> dict[str, Any]:
+        if kind == "credits":
+            return {"type": "integer", "minimum": 1, "description": f"Most API credits {period} (the API's count)."}
+        return {"type": "number", "exclusiveMinimum": 0, "description": f"Most USD {period}, at price_per_megapixel."}
+
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "description": "Spend caps, checked against the run's estimate before anything is submitted.",
+        "properties": {
+            "credits_per_run": cap("credits", "one run may cost"),
+            "usd_per_run": cap("usd", "one run may cost"),
+            "credits_per_day": cap("credits", "the DAG's runs of one UTC day may cost together"),
+            "usd_per_day": cap("usd", "the DAG's runs of one UTC day may cost together"),
+            "price_per_megapixel": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": float(defaults.MAX_PRICE_PER_MEGAPIXEL),
+                "default": float(defaults.PRICE_PER_MEGAPIXEL),
+                "description": "USD per billed megapixel, for the usd_ caps.",
+            },
+        },
+    }
+
+
 @cache
 def spec_schema() -> dict[str, Any]:
     return {
@@ -198,6 +225,7 @@ def spec_schema() -> dict[str, Any]:
             },
             "images": {"type": "array", "minItems": 1, "items": _image()},
             "publish": _publish(),
+            "budget": _budget(),
         },
     }
 

@@ -1,0 +1,202 @@
+"""Budgets: refused before spending, at validation, in ``flexflow plan`` and by each run's first task.
+
+The run-time tests go through Airflow (``dag.test()``) against the emulator on loopback: a run over a
+cap fails at ``prepare`` with the spec, the estimate and the cap, and the emulator sees no submission.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flexflow.cli import main as flexflow_main
+from flexflow.contract.sizes import credit_cost
+from flexflow.emulator import EmulatorServer
+from flexflow.publishing.budget import day_total
+from flexflow.spec import SpecError, load_spec, parse_spec
+from flexflow.spec.budget import Estimate, estimate, over
+from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.checks import TEMPLATED
+from tests.airflow_helpers import load_module, task_states, xcom
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "specs" / "spring_social_refresh.yaml"
+BUDGET_ROOT = Path("/tmp/flexflow-test-budget")
+
+SPEC = """\
+version: 1
+dag_id: budget_params
+params: {size: 1MP, count: 2}
+images:
+  - name: card
+    prompt: "a card for {{ params.size }}"
+{extra}
+publish:
+  to: "file:///tmp/flexflow/budget/{{ ds }}"
+budget:
+  credits_per_run: 10
+"""
+
+
+def spec_text(extra: str) -> str:
+    """SPEC with ``extra`` lines in its image (replace, not format: the spec holds Jinja braces)."""
+    return SPEC.replace("{extra}", extra)
+
+
+# -- validation and the estimate ----------------------------------------------------------------------
+
+
+def test_the_estimate_counts_credits_as_the_api_bills_them() -> None:
+    spec = load_spec(EXAMPLE)
+    assert spec.budget is not None
+    cost = estimate(spec, spec.budget.price_per_megapixel)
+    assert cost.credits == sum(credit_cost(flux) for _, _, flux in spec.jobs()) == 25
+    assert (cost.jobs, cost.billed_megapixels, cost.usd) == (4, 5, Decimal("0.25"))
+
+
+def test_a_spec_within_its_budget_is_valid_and_one_over_it_names_the_estimate_and_the_cap() -> None:
+    parse_spec(spec_text(""))  # one job at the default 2MP: 10 credits, at the cap
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_text("    variants: {seed: [1, 2]}"), "over.yaml")
+    (problem,) = info.value.problems
+    assert (problem.line, problem.column) == (11, 3)  # at the cap
+    assert "estimated at 20 credits, over budget.credits_per_run 10 credits" in problem.message
+
+
+def test_only_prompt_and_publish_are_templated_so_no_param_changes_a_runs_estimate() -> None:
+    """Job count and resolution come from flux and variants; a param there is a spec error, not a render."""
+    assert {key for _, key in TEMPLATED} == {"prompt", "to", "filename"}
+    attempts = [
+        '    flux: {resolution: "{{ params.size }}"}',
+        '    variants: {resolution: ["{{ params.size }}"]}',
+        '    variants: {seed: ["{{ params.count }}"]}',
+        '    flux: {image_prompt: "https://example.com/{{ params.size }}.png"}',
+    ]
+    for extra in attempts:
+        with pytest.raises(SpecError) as info:
+            parse_spec(spec_text(extra))
+        assert all(p.path.startswith("images[0].") for p in info.value.problems), extra
+
+
+# -- flexflow plan ---------------------------------------------------------------------------------
+
+
+def test_plan_shows_the_budget_the_estimate_and_the_headroom(capsys: pytest.CaptureFixture[str]) -> None:
+    assert flexflow_main(["plan", str(EXAMPLE)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        "budget: credits_per_run 40 credits (headroom 15 credits), usd_per_day $10.00"
+        " | estimate per run: 25 credits, $0.25 at $0.05 per megapixel"
+    )
+    assert flexflow_main(["plan", str(EXAMPLE), "--format", "json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["budget"]
+    assert planned == {
+        "caps": {"credits_per_run": "40", "usd_per_day": "10.0"},
+        "price_per_megapixel": "0.05",
+        "estimate_per_run": {"jobs": 4, "billed_megapixels": 5, "credits": 25, "usd": "0.25"},
+        "headroom_per_run": {"credits_per_run": "15"},
+    }
+
+
+def test_plan_without_a_budget_says_none_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert flexflow_main(["plan", str(ROOT / "specs" / "product_launch.yaml"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] is None
+
+
+# -- at run time, through Airflow -------------------------------------------------------------------
+
+
+@pytest.fixture
+def budget_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    yield load_module(ROOT / "tests/dags/flexflow_budget_test_dags.py").DAGS
+    shutil.rmtree(BUDGET_ROOT, ignore_errors=True)
+
+
+def test_a_run_over_its_per_run_budget_fails_at_prepare_and_submits_nothing(
+    budget_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The spec was compiled without validation (which refuses it): the run-time check stands on its own."""
+    dag_id = "flexflow_test_budget_over_run"
+    dag_run = budget_dags[dag_id].test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
+    output = "".join(capfd.readouterr())
+    states = task_states(airflow_db, dag_id, dag_run.run_id)
+
+    assert dag_run.state == "failed", states
+    assert states["prepare"] == ("failed", 1), "refused once, never retried"
+    assert all(state == "upstream_failed" for task, (state, _) in states.items() if "submit" in task), states
+    assert emulator.accounting()["submissions"] == 0, "a refused run costs nothing"
+    assert (
+        "nothing was submitted: spec 'flexflow_test_budget_over_run' is over budget:"
+        " estimated at 10 credits, over budget.credits_per_run 5 credits;"
+        " estimated at $0.10, over budget.usd_per_run $0.05"
+    ) in output
+    assert not (BUDGET_ROOT / "over_run").exists()
+
+
+def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
+    budget_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dag_id = "flexflow_test_budget_daily"
+    dag = budget_dags[dag_id]
+
+    first = dag.test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
+    assert first.state == "success", task_states(airflow_db, dag_id, first.run_id)
+    billed = emulator.accounting()
+    assert (billed["submissions"], billed["credits_billed"]) == (2, 10), "the estimate is what the API bills"
+    assert xcom(airflow_db, dag_id, first.run_id, "prepare", "budget") == [
+        {
+            "day": "2026-11-02",
+            "run_id": first.run_id,
+            "estimate": {"jobs": 2, "billed_megapixels": 2, "credits": 10, "usd": "0.10"},
+        }
+    ]
+    capfd.readouterr()
+
+    second = dag.test(logical_date=datetime(2026, 11, 2, 18, tzinfo=UTC))
+    output = "".join(capfd.readouterr())
+    states = task_states(airflow_db, dag_id, second.run_id)
+    assert second.state == "failed", states
+    assert states["prepare"] == ("failed", 1)
+    assert emulator.accounting()["submissions"] == 2, "the refused run submitted nothing"
+    assert (
+        "nothing was submitted: spec 'flexflow_test_budget_daily' is over budget: estimated at 20 credits,"
+        " over budget.credits_per_day 15 credits for 2026-11-02 (UTC), with this DAG's earlier runs that day"
+    ) in output
+    assert xcom(airflow_db, dag_id, second.run_id, "prepare", "budget") == [], "a refused run does not count"
+
+    next_day = dag.test(logical_date=datetime(2026, 11, 3, 6, tzinfo=UTC))
+    assert next_day.state == "success", task_states(airflow_db, dag_id, next_day.run_id)
+    assert emulator.accounting()["submissions"] == 4
+
+
+def test_a_days_total_counts_each_other_run_of_that_day_once() -> None:
+    cost = {"jobs": 1, "billed_megapixels": 2, "credits": 10, "usd": "0.10"}
+    records = [
+        None,  # no earlier run
+        {"day": "2026-11-02", "run_id": "a", "estimate": cost},
+        {"day": "2026-11-02", "run_id": "a", "estimate": cost},  # the same run read twice
+        {"day": "2026-11-01", "run_id": "b", "estimate": cost},  # another day
+        {"day": "2026-11-02", "run_id": "own", "estimate": cost},  # this run itself
+        "not a record",
+    ]
+    assert day_total(records, "2026-11-02", "own") == Estimate(1, 2, 10, Decimal("0.10"))
+    assert [key for key, _ in over({"usd_per_day": "0.15"}, "day", Estimate(2, 4, 20, Decimal("0.20")))] == [
+        "usd_per_day"
+    ]
