@@ -31,6 +31,7 @@ from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, task_states
 from tests.conftest import ROOT
+from tests.test_publishing import rerun_cleared
 
 PUBLISH_ROOT = Path("/tmp/flexflow-test-publish")
 SPECS = ROOT / "tests/specs/publish"
@@ -160,6 +161,8 @@ def ledger_of(kind: str, run: Any) -> dict[str, Any]:
 
 
 def report(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """What ``flexflow report ARGV`` prints (the runs' own output, captured before, is left out)."""
+    capsys.readouterr()
     assert main(["report", *argv]) == 0
     return capsys.readouterr().out
 
@@ -217,3 +220,33 @@ def test_the_report_over_several_runs_matches_the_emulators_billing_exactly(
 
     later = json.loads(report(capsys, *roots, "--since", "2999-01-01", "--format", "json"))
     assert later["total"]["runs"] == 0 and later["by_spec"] == {}
+
+
+def test_clearing_a_lost_result_keeps_the_first_paid_job_in_the_ledger_and_the_report(
+    publish_dags: dict[str, Any],
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    fresh_roots: list[Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lost result is paid for, and so is the new job clearing ``only.submit`` submits: both are counted."""
+    emulator.faults.add({"fault": "missing_result", "count": 1})
+    dag = publish_dags["flexflow_test_publish_lost_result"]
+    run = dag.test()
+    assert run.state == "failed"
+    assert rerun_cleared(dag, run.run_id, "only.submit") == "success"
+
+    record = ledger_of("lost_result", run)
+    first, second = record["jobs"]
+    assert (first["published"], second["published"], record["status"]) == (False, True, "published")
+    [manifest_file] = (PUBLISH_ROOT / "lost_result").rglob(MANIFEST_NAME)
+    spend = json.loads(manifest_file.read_text())["spend"]
+    billed = emulator.accounting()["credits_billed"]
+    assert (spend["submitted"], spend["failed"], spend["credits"], spend["failed_credits"]) == (
+        2,
+        1,
+        billed,
+        billed // 2,
+    )
+    total = json.loads(report(capsys, str(PUBLISH_ROOT / "lost_result"), "--format", "json"))["total"]
+    assert (total["runs"], total["jobs"], total["credits"]) == (1, 2, billed)

@@ -798,7 +798,7 @@ def faulted_run(
         emulator.faults.add({"count": 1, **fault})
         dag_run = publish_dags[dag_id].test()
         folder = run_folder(name, dag_run.run_id)
-        run_folders.append(folder)
+        run_folders.extend([folder, PUBLISH_ROOT / name / LEDGER_DIR])
         states = task_states(airflow_db, dag_id, dag_run.run_id)
         return FaultedRun(dag_id, dag_run, folder, states, "".join(capfd.readouterr()))
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, TriggerRule
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY
@@ -332,12 +332,22 @@ class FinalizeRunOperator(BaseOperator):
         if self.ledger_root is None or not spent:
             return spent
         path = target_folder(self.ledger_root, self.conn_id) / LEDGER_DIR / ti.dag_id / ledger_name(context["run_id"])
-        earlier = json.loads(path.read_bytes()) if path.exists() else None
-        spent = merged_jobs(spent, earlier)
+        spent = merged_jobs(spent, self._earlier_record(path))
         record = ledger_record(ti.dag_id, context["run_id"], run_day(context), published_run, spent)
         write_atomic(path, json.dumps(record, indent=2).encode())
         self.log.info("recorded the run's spend in %s: %s", path, record["totals"])
         return spent
+
+    def _earlier_record(self, path: ObjectStoragePath) -> dict[str, Any] | None:
+        """The record an earlier finalize of this run wrote (the run was cleared since), if it is readable."""
+        if not path.exists():
+            return None
+        try:
+            earlier = json.loads(path.read_bytes())
+        except ValueError as exc:
+            self.log.warning("replacing %s, which is not a ledger record (%s)", path, exc)
+            return None
+        return earlier if isinstance(earlier, dict) else None
 
     @staticmethod
     def _job_spend(ti: Any, job: Mapping[str, Any], published: set[str]) -> JobSpend | None:
