@@ -1,4 +1,4 @@
-"""The ``flexflow`` command: validate, schema, plan, run, emulator."""
+"""The ``flexflow`` command: validate, schema, plan, run, emulator, report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
@@ -245,7 +246,39 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"private AIRFLOW_HOME for the run (default {DEFAULT_HOME}); one run at a time uses it",
     )
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="what runs spent, per spec and per day, from the ledger")
+    report.add_argument("targets", nargs="+", metavar="TARGET_OR_SPECS")
+    report.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day and later")
+    report.add_argument("--format", choices=("text", "json"), default="text")
+    report.add_argument(
+        "--price-per-megapixel",
+        default=str(DEFAULT_PRICE_PER_MEGAPIXEL),
+        type=_price,
+        help=f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
+    )
+    report.set_defaults(handler=_report)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flexflow.publishing.ledger import LedgerError, ledger_folders, read_records, render_report, summed
+
+    try:
+        records = read_records(ledger_folders(args.targets), args.since)
+    except LedgerError as exc:
+        print(f"flexflow report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = summed(records, Decimal(args.price_per_megapixel))
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else render_report(report))
+    return EXIT_OK
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text) if len(text) == len("YYYY-MM-DD") else date.fromisoformat("")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day: give YYYY-MM-DD, e.g. 2026-12-01") from None
 
 
 def _run(args: argparse.Namespace) -> int:

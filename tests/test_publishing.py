@@ -30,6 +30,7 @@ from flexflow.client import USER_AGENT, FluxClient
 from flexflow.client.results import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
+from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator, published_jobs
 from flexflow.publishing.paths import (
     PathRefused,
@@ -797,7 +798,7 @@ def faulted_run(
         emulator.faults.add({"count": 1, **fault})
         dag_run = publish_dags[dag_id].test()
         folder = run_folder(name, dag_run.run_id)
-        run_folders.append(folder)
+        run_folders.extend([folder, PUBLISH_ROOT / name / LEDGER_DIR])
         states = task_states(airflow_db, dag_id, dag_run.run_id)
         return FaultedRun(dag_id, dag_run, folder, states, "".join(capfd.readouterr()))
 
@@ -1124,13 +1125,15 @@ def test_a_plain_trigger_param_publishes_inside_the_target(
     dag_run, states = trigger_run(campaign="summer 2027", prefix="card")
     assert dag_run.state == "success", states
     folder = TRIGGER_ROOT / "root" / "summer 2027"
+    ledger = f"root/{LEDGER_DIR}/flexflow_test_publish_trigger_params"
     assert tree(TRIGGER_ROOT) == sorted(
         [
             "root",
             "root/summer 2027",
             *(f"root/summer 2027/{name}" for name in ("card-card_seed-1.png", "card-card_seed-2.png", MANIFEST_NAME)),
+            *(ledger.rpartition("/")[0], ledger, f"{ledger}/{ledger_name(dag_run.run_id)}"),
         ]
-    )
+    ), "the run's spend is recorded under the publish root (the literal part of publish.to), beside the target"
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert sorted(f["file"] for f in manifest["files"]) == [
         f"file://{folder}/card-card_seed-{seed}.png" for seed in (1, 2)

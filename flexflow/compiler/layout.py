@@ -94,12 +94,25 @@ def task_layout(spec: Spec) -> Layout:
             "conn_id": spec.publish.conn_id,
             "asset": spec.publish.asset,
             "manifest": spec.publish.manifest,
+            "jobs": _ledger_jobs(spec),  # what each job spent goes to the ledger, published or not
+            "ledger_root": literal_prefix(spec.publish.to),
         },
         (PREPARE, *publishes),
         None,
         None,
     )
     return Layout(_dag_arguments(spec), _prepare(spec), groups, finalize)
+
+
+def _ledger_jobs(spec: Spec) -> list[dict[str, Any]]:
+    """Every job of the run and the tasks (with map index) whose XComs say what it cost, for finalize's ledger."""
+    jobs: list[dict[str, Any]] = []
+    for image in spec.images:
+        mapped = bool(image.variant_keys)
+        for index, variant in enumerate(image.variants):
+            steps = {step: f"{image.name}.{step}" for step in (SUBMIT, WAIT)}
+            jobs.append({"image": image.name, "variant": variant.label, **steps, "map_index": index if mapped else -1})
+    return jobs
 
 
 def _prepare(spec: Spec) -> PlannedTask:

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, TriggerRule
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from flexflow.airflow.keys import REQUEST_XCOM_KEY
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.outcome import JobOutcome
 from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
 from flexflow.publishing.budget import enforce_budget
+from flexflow.publishing.ledger import (
+    LEDGER_DIR,
+    JobSpend,
+    job_spend,
+    ledger_name,
+    ledger_record,
+    merged_jobs,
+    spend_totals,
+)
 from flexflow.publishing.paths import (
     JOB_ID,
     MANIFEST_NAME,
@@ -260,6 +270,8 @@ class FinalizeRunOperator(BaseOperator):
         asset: str,
         conn_id: str | None = None,
         manifest: bool = True,
+        jobs: Sequence[Mapping[str, Any]] = (),
+        ledger_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
@@ -272,11 +284,16 @@ class FinalizeRunOperator(BaseOperator):
         self.asset = asset
         self.conn_id = conn_id
         self.manifest = manifest
+        # Every job of the run, ``{"image", "variant", "submit", "wait", "map_index"}``: what it spent is
+        # recorded in the ledger under ``ledger_root`` (the literal part of publish.to), published or not.
+        self.jobs = [dict(job) for job in jobs]
+        self.ledger_root = ledger_root
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         records = [record for task_id in self.publish_task_ids for record in self._published(ti, task_id)]
         jobs = published_jobs(records)
+        spent = self._record_spend(context, jobs, published_run=len(jobs) >= self.expected_jobs)
         missing = self.expected_jobs - len(jobs)
         if missing > 0:
             stored = "\n".join(f"  {r['file']}" for r in records) or "  (none)"
@@ -299,6 +316,7 @@ class FinalizeRunOperator(BaseOperator):
                 "published_at": datetime.now(UTC).isoformat(),
                 "asset": self.asset,
                 "jobs": len(jobs),
+                "spend": spend_totals(spent),
                 "files": files,
             }
             write_atomic(manifest_path, json.dumps(document, indent=2).encode())
@@ -311,6 +329,46 @@ class FinalizeRunOperator(BaseOperator):
         }
         return {"manifest": str(manifest_path) if manifest_path else None, "files": len(files), "jobs": len(jobs)}
 
+    def _record_spend(self, context: Context, published: set[str], *, published_run: bool) -> list[JobSpend]:
+        """Every submitted job of the run with what it cost; written to the ledger when any job was submitted.
+
+        Written before the manifest and for a failed run too: a run refused before submitting spent nothing
+        and writes nothing.
+        """
+        ti = context["ti"]
+        spent = [spend for job in self.jobs if (spend := self._job_spend(ti, job, published)) is not None]
+        if self.ledger_root is None or not spent:
+            return spent
+        path = target_folder(self.ledger_root, self.conn_id) / LEDGER_DIR / ti.dag_id / ledger_name(context["run_id"])
+        spent = merged_jobs(spent, self._earlier_record(path))
+        record = ledger_record(ti.dag_id, context["run_id"], run_day(context), published_run, spent)
+        write_atomic(path, json.dumps(record, indent=2).encode())
+        self.log.info("recorded the run's spend in %s: %s", path, record["totals"])
+        return spent
+
+    def _earlier_record(self, path: ObjectStoragePath) -> dict[str, Any] | None:
+        """The record an earlier finalize of this run wrote (the run was cleared since), if it is readable."""
+        if not path.exists():
+            return None
+        try:
+            earlier = json.loads(path.read_bytes())
+        except ValueError as exc:
+            self.log.warning("replacing %s, which is not a ledger record (%s)", path, exc)
+            return None
+        return earlier if isinstance(earlier, dict) else None
+
+    @staticmethod
+    def _job_spend(ti: Any, job: Mapping[str, Any], published: set[str]) -> JobSpend | None:
+        """One job's spend from its submit and wait tasks' XComs; None when it was never submitted."""
+        index = int(job["map_index"])
+        job_id = ti.xcom_pull(task_ids=job["submit"], map_indexes=index)
+        if not job_id:
+            return None
+        request = ti.xcom_pull(task_ids=job["submit"], key=REQUEST_XCOM_KEY, map_indexes=index) or {}
+        outcome = ti.xcom_pull(task_ids=job["wait"], map_indexes=index)
+        flux = request.get("fluxParams") or {}
+        return job_spend(str(job_id), job["image"], job["variant"], outcome, flux, str(job_id) in published)
+
     @property
     def expected_jobs(self) -> int:
         return self.expected_files
@@ -320,6 +378,15 @@ class FinalizeRunOperator(BaseOperator):
         """Every record a publish task returned: each of its (mapped) instances returned a list."""
         per_instance = ti.xcom_pull(task_ids=[task_id]) or []
         return [record for records in per_instance if records for record in records]
+
+
+def run_day(context: Context) -> date:
+    """The UTC day a run is counted on: its logical date, or when it was queued or started (manual runs)."""
+    dag_run = context["dag_run"]
+    for when in (context.get("logical_date"), getattr(dag_run, "run_after", None), dag_run.start_date):
+        if when is not None:
+            return when.astimezone(UTC).date()
+    return datetime.now(UTC).date()
 
 
 def published_jobs(records: Sequence[Mapping[str, Any]]) -> set[str]:
