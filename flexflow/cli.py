@@ -128,6 +128,7 @@ def _plan(args: argparse.Namespace) -> int:
         "price_per_megapixel": str(price),
         "estimated_cost_per_run": str(price * billed),
         "budget": _plan_budget(spec),
+        "reuse": spec.reuse,
     }
     if args.format == "json":
         print(json.dumps(plan, indent=2))
@@ -151,10 +152,18 @@ def _plan(args: argparse.Namespace) -> int:
         f"\njobs per run: {len(jobs)} | output megapixels: {spec.megapixels:g} | billed megapixels: {billed}"
         f" | estimated cost per run: ${price * billed:.2f} (at ${price} per megapixel)"
     )
+    print(_reuse_line(spec))
     planned = _plan_budget(spec)
     if planned is not None:
         print(_budget_line(planned))
     return EXIT_OK
+
+
+def _reuse_line(spec: Spec) -> str:
+    if spec.reuse:
+        return "reuse: on: a run pays only for images not already published under the publish root"
+    why = "reuse: false in the spec" if spec.seeds_fixed else "an image has no fixed seed; set reuse: true to reuse"
+    return f"reuse: off ({why}): every run pays for every image"
 
 
 def _plan_price(given: str | None, spec: Spec) -> Decimal:

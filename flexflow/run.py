@@ -499,8 +499,9 @@ def _progress_line(states: list[tuple[str, str | None]], jobs: int) -> str:
 
     waiting = count("wait", "running", "deferred", "up_for_reschedule", "queued", "scheduled")
     failed = sum(1 for _, state in states if state in ("failed", "upstream_failed"))
+    reused = count("submit", "skipped")  # a submit skips only when its picture is published already
     line = (
-        f"submitted {count('submit', 'success')}/{jobs} | waiting {waiting} | "
+        f"submitted {count('submit', 'success')}/{jobs}{f' | reused {reused}' if reused else ''} | waiting {waiting} | "
         f"done {count('wait', 'success')}/{jobs} | published {count('publish', 'success')}/{jobs}"
     )
     return line + (f" | FAILED {failed}" if failed else "")
@@ -539,6 +540,11 @@ def _report(home: RunHome, spec: Spec, result: dict[str, Any], log_file: Path) -
     manifest_path = Path(urlsplit(manifest_url).path)
     manifest = json.loads(manifest_path.read_text())
     _summary(manifest)
+    spend = manifest.get("spend", {})
+    print(
+        f"\nspend: {spend.get('submitted', 0)} job(s) submitted, {spend.get('reused', 0)} reused from earlier runs"
+        f" (not paid again), {spend.get('credits', 0)} credits"
+    )
     sheet = manifest_path.parent / "index.html"
     sheet.write_text(render_contact_sheet(manifest))
     print(f"\nmanifest:      {manifest_path}\ncontact sheet: {sheet}\nAirflow's log: {log_file}")

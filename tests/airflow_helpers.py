@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sqlite3
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
+from flexflow.publishing.paths import literal_prefix
+from flexflow.spec import Spec
 from tests.conftest import ROOT
+
+
+def clear_publish_root(spec: Spec) -> None:
+    """Nothing published under the spec's publish root: its next run pays for every job. (The example specs fix
+    their seeds, so a run reuses what an earlier run, of this test session or another, published there.)"""
+    shutil.rmtree(urlsplit(literal_prefix(spec.publish.to)).path, ignore_errors=True)
 
 
 def load_module(path: Path) -> ModuleType:

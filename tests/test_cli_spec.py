@@ -331,10 +331,11 @@ def test_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
         assert re.search(row, out, re.MULTILINE), row
     # 3 + 2 + 1 jobs; 3x2 + 2x0.5 + 4 = 11 output megapixels; billed: each output rounded up to whole
     # megapixels (at least 1) plus 1 per reference image: 3x(2+1) + 2x1 + 4 = 15; 15 x $0.10 = $1.50.
-    assert lines[-1] == (
+    assert lines[-2:] == [
         "jobs per run: 6 | output megapixels: 11 | billed megapixels: 15"
-        " | estimated cost per run: $1.50 (at $0.10 per megapixel)"
-    )
+        " | estimated cost per run: $1.50 (at $0.10 per megapixel)",
+        "reuse: off (an image has no fixed seed; set reuse: true to reuse): every run pays for every image",
+    ]
 
 
 def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -344,6 +345,7 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert plan["dag_id"] == "launch_plan"
     assert plan["file"] == str(PLAN_SPEC)
     assert plan["schedule"] is None
+    assert plan["reuse"] is False, "not every image has a fixed seed"
     assert [t["task_id"] for t in plan["tasks"]] == PLAN_TASKS
     assert [t["mapped"] for t in plan["tasks"]] == [None, 3, 3, 3, 2, 2, 2, None, None, None, None]
     assert plan["tasks"][-1]["upstream"] == ["prepare", "hero.publish", "square.publish", "detail.publish"]

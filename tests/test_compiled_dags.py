@@ -14,7 +14,7 @@ from PIL import Image
 from flexflow.contract import output_size
 from flexflow.emulator import EmulatorServer
 from flexflow.spec import load_spec
-from tests.airflow_helpers import load_module, rows, task_states, xcom
+from tests.airflow_helpers import clear_publish_root, load_module, rows, task_states, xcom
 from tests.conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "specs").glob("*.yaml"))
@@ -31,6 +31,7 @@ def test_example_spec_publishes_everything(
     spec_file: Path, emulator: EmulatorServer, apiframe_connection: str, airflow_db: Path
 ) -> None:
     spec = load_spec(spec_file)
+    clear_publish_root(spec)
     dag = compiled_dags()[spec.dag_id]
     dag_run = dag.test()
     assert dag_run.state == "success", task_states(airflow_db, spec.dag_id, dag_run.run_id)

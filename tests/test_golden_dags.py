@@ -73,6 +73,10 @@ KEY_ARGUMENTS = (
     "trigger_rule",
     "job_id",
     "job",
+    "requests",
+    "reusable_requests",
+    "reusable",
+    "reuse_root",
 )
 
 

@@ -44,6 +44,7 @@ from flexflow.publishing.paths import (
     substituted,
     unique_names,
 )
+from flexflow.publishing.reuse import REUSE_DIR
 from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import template_params
@@ -839,7 +840,7 @@ def test_a_partly_failed_run_writes_no_manifest_and_no_asset_event(
     assert target["folder"] == f"file://{folder}", "the folder prepare rendered once, for publish and finalize"
     retry = copy.copy(dag.get_task(f"{stored}.publish"))
     retry.job, retry.request, retry.target = job, request, target
-    again = retry.execute({})
+    again = retry.execute({"run_id": dag_run.run_id})
     assert [r["name"] for r in again] == [r["name"] for r in records] == [f"{stored}.png"]
     assert again[0]["sha256"] == records[0]["sha256"]
     assert sorted(p.name for p in folder.iterdir()) == [f"{stored}.png"], "no duplicate, no partial file"
@@ -974,13 +975,17 @@ def test_numbered_images_never_overwrite_another_jobs_file(tmp_path: Path) -> No
 
 
 def test_finalize_counts_every_image_of_every_job() -> None:
-    def record(job: str, index: int, of: int) -> dict[str, Any]:
-        return {"job_id": job, "index": index, "job_images": of}
+    def record(job: str, index: int, of: int, image: str = "") -> dict[str, Any]:
+        return {"image": image or job, "variant": "", "job_id": job, "index": index, "job_images": of}
 
-    assert published_jobs([record("a", 1, 1), record("b", 2, 2), record("b", 1, 2)]) == {"a", "b"}
-    assert published_jobs([record("a", 1, 1), record("b", 1, 2)]) == {"a"}, "one of b's two images is missing"
-    assert published_jobs([record("b", 1, 2), record("b", 1, 2)]) == set(), "one image twice is not two"
-    assert published_jobs([{"job_id": "old"}]) == {"old"}, "a record of an earlier version: one image"
+    a, b = ("a", ""), ("b", "")
+    assert published_jobs([record("a", 1, 1), record("b", 2, 2), record("b", 1, 2)]) == {a: "a", b: "b"}
+    assert published_jobs([record("a", 1, 1), record("b", 1, 2)]) == {a: "a"}, "one of b's two images is missing"
+    assert published_jobs([record("b", 1, 2), record("b", 1, 2)]) == {}, "one image twice is not two"
+    old = {"image": "a", "variant": "_seed-1", "job_id": "old"}
+    assert published_jobs([old]) == {("a", "_seed-1"): "old"}, "a record of an earlier version: one image"
+    twins = [record("j", 1, 1, image="hero"), record("j", 1, 1, image="card")]
+    assert published_jobs(twins) == {("hero", ""): "j", ("card", ""): "j"}, "two jobs reusing one picture"
 
 
 @pytest.mark.parametrize("fault", ["missing_result", "corrupt_image"])
@@ -1119,6 +1124,14 @@ def test_path_syntax_in_a_trigger_param_writes_nothing_and_submits_nothing(
     assert not Path("/abs").exists() and not (PUBLISH_ROOT / "etc").exists()
 
 
+def manifest_of(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / MANIFEST_NAME).read_text())  # type: ignore[no-any-return]
+
+
+def reuse_entries(manifest: dict[str, Any]) -> list[str]:
+    return [f["request_sha256"] for f in manifest["files"]]
+
+
 def test_a_plain_trigger_param_publishes_inside_the_target(
     trigger_run: Callable[..., tuple[Any, dict[str, tuple[str, int]]]], emulator: EmulatorServer
 ) -> None:
@@ -1132,8 +1145,10 @@ def test_a_plain_trigger_param_publishes_inside_the_target(
             "root/summer 2027",
             *(f"root/summer 2027/{name}" for name in ("card-card_seed-1.png", "card-card_seed-2.png", MANIFEST_NAME)),
             *(ledger.rpartition("/")[0], ledger, f"{ledger}/{ledger_name(dag_run.run_id)}"),
+            f"root/{REUSE_DIR}",
+            *(f"root/{REUSE_DIR}/{entry}.json" for entry in reuse_entries(manifest_of(folder))),
         ]
-    ), "the run's spend is recorded under the publish root (the literal part of publish.to), beside the target"
+    ), "the run's spend and its reuse index are kept under the publish root (the literal part of publish.to)"
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert sorted(f["file"] for f in manifest["files"]) == [
         f"file://{folder}/card-card_seed-{seed}.png" for seed in (1, 2)

@@ -17,6 +17,7 @@ import pytest
 from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
 from flexflow.run import RESULT_FILE, RunHome, RunRecord, _this_run, home_lock
 from flexflow.spec import load_spec
+from tests.airflow_helpers import clear_publish_root
 from tests.conftest import ROOT
 
 SPEC = ROOT / "specs/spring_social_refresh.yaml"
@@ -35,6 +36,7 @@ def flexflow_run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_run_publishes_the_spec_and_writes_a_contact_sheet(tmp_path: Path, airflow_db: Path) -> None:
+    clear_publish_root(load_spec(SPEC))
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(airflow_db, home / "airflow.db")  # an already migrated database: the run skips creating one
@@ -55,9 +57,16 @@ def test_run_publishes_the_spec_and_writes_a_contact_sheet(tmp_path: Path, airfl
     assert 'src="story_seed-1.png"' in sheet
     assert "Vertical story background for Spring 2027" in sheet, "the rendered prompt is shown"
     assert (home / "dags" / DAG_FILE_NAME).read_text() == dag_file_source(str(SPEC.resolve())), "the one DAG-file stub"
+    assert "\nspend: 4 job(s) submitted, 0 reused from earlier runs (not paid again), 25 credits" in out
+
+    again = flexflow_run(home, str(SPEC))  # unchanged, and every image has a fixed seed: reused, not paid again
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted 0/4 | reused 4 |" in again.stdout and "published 4/4" in again.stdout
+    assert "\nspend: 0 job(s) submitted, 4 reused from earlier runs (not paid again), 0 credits" in again.stdout
 
 
 def test_a_failed_run_exits_1_and_names_the_failed_tasks(tmp_path: Path, airflow_db: Path) -> None:
+    clear_publish_root(load_spec(SPEC))  # else its images are reused from an earlier run: nothing needs the API
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(airflow_db, home / "airflow.db")

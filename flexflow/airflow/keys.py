@@ -12,3 +12,5 @@ REQUEST_XCOM_KEY = "request"
 JOB_LINK_XCOM_KEY = "apiframe_job_link"
 #: task_state_store of submit tasks: the job record a try wrote; a later try reuses its request and job.
 JOB_STATE_KEY = "flexflow_job"
+#: XCom of the prepare task when a spec reuses images: ``{request digest: [published file records]}``.
+REUSABLE_XCOM_KEY = "reusable"

@@ -5,20 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from flexflow import defaults
 from flexflow.airflow.keys import JOB_LINK_XCOM_KEY, JOB_STATE_KEY, REQUEST_XCOM_KEY
 from flexflow.airflow.links import ApiframeJobLink
 from flexflow.airflow.waiting import JobWaiting
-from flexflow.client.requests import generation_request
+from flexflow.client.requests import generation_request, request_digest
 from flexflow.contract.schema import validate_request
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         ``[operators] default_deferrable``, as for every provider's operators)
     :param poll_interval: first interval between status checks while waiting, in seconds
     :param job_timeout: longest wait for the job
+    :param reusable_requests: digests (:func:`~flexflow.client.requests.request_digest`) of requests whose
+        pictures are already published (templated, e.g. an upstream task's XCom): such a request is not
+        submitted and the task is skipped, its ``request`` XCom saying what it would have sent
 
     A retried or restarted try never creates a second billed job: the request is rendered once and
     kept with its Idempotency-Key in ``task_state_store`` (see :class:`JobRecord`), and a later try
@@ -89,7 +92,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
     gone or unusable does a later try (a deliberate clear) render and submit anew, saying what it costs.
     """
 
-    template_fields: Sequence[str] = ("prompt", "flux", "flux_overrides", "webhook_url")
+    template_fields: Sequence[str] = ("prompt", "flux", "flux_overrides", "webhook_url", "reusable_requests")
     template_fields_renderers: ClassVar[dict[str, str]] = {"flux": "json", "flux_overrides": "json"}
     operator_extra_links = (ApiframeJobLink(),)
     ui_color = "#f3e5ff"
@@ -108,6 +111,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         poll_interval: float = defaults.POLL_INTERVAL.total_seconds(),
         max_poll_interval: float = defaults.MAX_POLL_INTERVAL.total_seconds(),
         job_timeout: timedelta = defaults.JOB_TIMEOUT,
+        reusable_requests: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -118,6 +122,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         self.webhook_events = list(webhook_events) if webhook_events else None
         self.wait_for_completion = wait_for_completion
         self.job_timeout = job_timeout
+        self.reusable_requests = reusable_requests
         self.wait_with(apiframe_conn_id, deferrable, poll_interval, max_poll_interval)
 
     def wait_timeout(self) -> timedelta:
@@ -134,6 +139,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         return body
 
     def execute(self, context: Context) -> Any:
+        self._skip_when_published(context)
         try:
             record = self._submit_or_reconnect(context)
             assert record.job_id is not None
@@ -145,6 +151,19 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
             return self.wait_or_defer(record.job_id, record.submitted_at)
         finally:
             self.hook.close()
+
+    def _skip_when_published(self, context: Context) -> None:
+        """A request whose picture is already published costs nothing: it is not sent, the task is skipped."""
+        if not self.reusable_requests:
+            return
+        body = self.build_request()
+        digest = request_digest(body)
+        if digest in self.reusable_requests:
+            context["ti"].xcom_push(key=REQUEST_XCOM_KEY, value=body)
+            raise AirflowSkipException(
+                f"not submitted: this picture (request sha256 {digest[:16]}...) is already published, and "
+                "the publish task copies it (set `reuse: false` in the spec to generate it again)"
+            )
 
     def _submit_or_reconnect(self, context: Context) -> JobRecord:
         store = context.get("task_state_store")

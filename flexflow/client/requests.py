@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,3 +33,14 @@ def generation_request(
         if webhook_events:
             body[wire.WEBHOOK_EVENTS_FIELD] = list(webhook_events)
     return body
+
+
+def request_digest(body: Mapping[str, Any]) -> str:
+    """The sha256 of what decides a request's picture: the model, the prompt and every flux param.
+
+    Webhook fields are left out (where the API reports does not change the picture). Two requests with
+    one digest ask for the same picture: with a fixed seed, an image already published can stand for it.
+    """
+    picture = {key: body.get(key) for key in ("model", "prompt", wire.PARAMS_FIELD)}
+    canonical = json.dumps(picture, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

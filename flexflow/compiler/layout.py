@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from flexflow.airflow.keys import REQUEST_XCOM_KEY
+from flexflow.airflow.keys import REQUEST_XCOM_KEY, REUSABLE_XCOM_KEY
 from flexflow.compiler.docs import plain_text, spec_doc
 from flexflow.publishing.paths import literal_prefix
 from flexflow.spec import budget
@@ -136,6 +136,12 @@ def _prepare(spec: Spec) -> PlannedTask:
             "estimate": cost.to_dict(),
             "price_per_megapixel": str(spec.budget.price_per_megapixel),
         }
+    if spec.reuse:  # only then: a spec that never reuses compiles as before
+        arguments["requests"] = [
+            {"image": image.name, "variant": variant.label, "prompt": image.prompt, "flux": flux}
+            for image, variant, flux in spec.jobs()
+        ]
+        arguments["conn_id"] = spec.publish.conn_id
     return PlannedTask(PREPARE, PREPARE, "PreparePublishOperator", arguments, (), None, None)
 
 
@@ -184,6 +190,12 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
     }
     if mapped:
         submit_args[VARIANT_FLUX] = FromVariant(VARIANT_FLUX)
+    if spec.reuse:
+        # A request prepare found published is skipped by submit (so wait skips too) and copied by publish.
+        submit_args["reusable_requests"] = FromTask(PREPARE, REUSABLE_XCOM_KEY)
+        publish_args["reusable"] = FromTask(PREPARE, REUSABLE_XCOM_KEY)
+        publish_args["reuse_root"] = literal_prefix(spec.publish.to)
+        publish_args["trigger_rule"] = "none_failed"
     tasks = (
         PlannedTask(submit, SUBMIT, "FluxFlexOperator", submit_args, (PREPARE,), mapped, image.name),
         PlannedTask(

@@ -24,15 +24,16 @@ if TYPE_CHECKING:
 BUDGET_XCOM_KEY = "budget"
 
 
-def enforce_budget(budget: Mapping[str, Any], context: Context) -> Estimate:
+def enforce_budget(budget: Mapping[str, Any], context: Context, cost: Estimate | None = None) -> Estimate:
     """Fail the run (no retries) when it would exceed a cap; else record its estimate for the day's later runs.
 
     :param budget: ``{"caps": {cap: text}, "estimate": Estimate.to_dict(), "price_per_megapixel": text}``
+    :param cost: what this run will submit, when less than the whole estimate (images it reuses cost nothing)
     :returns: the day's estimate so far, this run included
     """
     ti = context["ti"]
     caps: Mapping[str, str] = budget["caps"]
-    cost = Estimate.from_dict(budget["estimate"])
+    cost = Estimate.from_dict(budget["estimate"]) if cost is None else cost
     day = run_day(context)
     earlier = NOTHING
     if any(key.endswith("_per_day") for key in caps):

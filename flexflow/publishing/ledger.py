@@ -99,11 +99,12 @@ def job_spend(
     return JobSpend(job_id, image, variant, status, credits, megapixels, published)
 
 
-def spend_totals(jobs: Sequence[JobSpend]) -> dict[str, int]:
-    """The manifest's ``spend`` and the ledger's ``totals``: jobs submitted, reused, failed; megapixels, credits."""
+def spend_totals(jobs: Sequence[JobSpend], reused: int = 0) -> dict[str, int]:
+    """The manifest's ``spend`` and the ledger's ``totals``: jobs submitted, reused (published again without a
+    job: nothing billed), failed; megapixels, credits."""
     return {
         "submitted": len(jobs),
-        "reused": 0,  # no job is reused yet; the field is kept so that readers need not change when one is
+        "reused": reused,
         "failed": sum(1 for job in jobs if not job.published),
         "megapixels": sum(job.megapixels for job in jobs),
         "credits": sum(job.credits for job in jobs),
@@ -111,7 +112,9 @@ def spend_totals(jobs: Sequence[JobSpend]) -> dict[str, int]:
     }
 
 
-def ledger_record(dag_id: str, run_id: str, day: date, published: bool, jobs: Sequence[JobSpend]) -> dict[str, Any]:
+def ledger_record(
+    dag_id: str, run_id: str, day: date, published: bool, jobs: Sequence[JobSpend], reused: int = 0
+) -> dict[str, Any]:
     return {
         "ledger_version": LEDGER_VERSION,
         "dag_id": dag_id,
@@ -119,7 +122,7 @@ def ledger_record(dag_id: str, run_id: str, day: date, published: bool, jobs: Se
         "day": day.isoformat(),
         "status": PUBLISHED if published else FAILED,
         "jobs": [job.to_stored() for job in jobs],
-        "totals": spend_totals(jobs),
+        "totals": spend_totals(jobs, reused),
     }
 
 
@@ -209,6 +212,7 @@ def _read_record(file: Path) -> tuple[dict[str, Any], date]:
         for job in record["jobs"]:
             JobSpend.from_stored(job)
         str(record["dag_id"])
+        int(record.get("totals", {}).get("reused", 0))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise LedgerError(f"{file}: not a ledger record ({exc!r}); move it away or delete it") from exc
     return record, day
@@ -216,7 +220,7 @@ def _read_record(file: Path) -> tuple[dict[str, Any], date]:
 
 @dataclass
 class Sums:
-    """Runs, jobs, failed jobs, credits, megapixels and the cost of jobs not published, summed."""
+    """Runs, jobs, failed jobs, reused images' jobs, credits, megapixels and the cost of jobs not published."""
 
     runs: int = 0
     failed_runs: int = 0
@@ -226,6 +230,7 @@ class Sums:
     megapixels: int = 0
     failed_credits: int = 0
     failed_megapixels: int = 0
+    reused_jobs: int = 0  # published again from an earlier run's files: nothing billed
 
     def add(self, record: Mapping[str, Any]) -> None:
         jobs = [JobSpend.from_stored(j) for j in record.get("jobs", [])]
@@ -237,6 +242,7 @@ class Sums:
         self.megapixels += sum(j.megapixels for j in jobs)
         self.failed_credits += sum(j.credits for j in jobs if not j.published)
         self.failed_megapixels += sum(j.megapixels for j in jobs if not j.published)
+        self.reused_jobs += int(record.get("totals", {}).get("reused", 0))
 
     def described(self, price: Decimal) -> dict[str, Any]:
         return {
@@ -249,6 +255,7 @@ class Sums:
             "cost": str(price * self.megapixels),
             "failed_credits": self.failed_credits,
             "failed_cost": str(price * self.failed_megapixels),
+            "reused_jobs": self.reused_jobs,
         }
 
 
@@ -288,6 +295,7 @@ def render_report(report: Report) -> str:
     lines = [
         f"{total.runs} run(s), {total.jobs} job(s) ({total.failed_jobs} not published): {total.credits} credits, "
         f"{total.megapixels} billed megapixels, ${price * total.megapixels:.2f} at ${price} per megapixel",
+        f"{total.reused_jobs} job(s) not paid again: their images were reused from earlier runs",
         "",
         *_table("spec", report.by_spec, price),
         "",

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
-from flexflow.airflow.keys import REQUEST_XCOM_KEY
+from flexflow.airflow.keys import REQUEST_XCOM_KEY, REUSABLE_XCOM_KEY
 from flexflow.airflow.operators import FluxFlexOperator
 from flexflow.airflow.outcome import JobOutcome
+from flexflow.client.requests import request_digest
 from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
 from flexflow.publishing.budget import enforce_budget
@@ -35,7 +38,16 @@ from flexflow.publishing.paths import (
     planned_target,
     substituted,
 )
+from flexflow.publishing.reuse import (
+    Lookup,
+    ReuseRefused,
+    find_published,
+    planned_digest,
+    record_published,
+    reused_image,
+)
 from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.spec.budget import jobs_estimate
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -43,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["MANIFEST_NAME", "FinalizeRunOperator", "PreparePublishOperator", "PublishImageOperator"]
 
 MANIFEST_VERSION = 1
+#: How many earlier images ``prepare`` looks up at once (hashing releases the GIL; object stores answer slowly).
+REUSE_LOOKUPS_AT_ONCE = 8
 #: What the prepare task returns, which publish and finalize read: the folder and each job's file name.
 FOLDER, NAMES = "folder", "names"
 
@@ -62,9 +76,14 @@ class PreparePublishOperator(BaseOperator):
     :param params_used: the params ``to`` and ``filename`` read (None: all of them); their values are checked
     :param budget: the spec's caps and one run's estimate (None: no budget); a run over it fails here
         (:mod:`flexflow.publishing.budget`)
+    :param requests: with ``reuse``, every job's ``{"image", "variant", "prompt", "flux"}`` (templated):
+        each request whose picture is already published under ``root`` is found here, pushed as the
+        ``reusable`` XCom for the submit tasks to skip and the publish tasks to copy, and costs nothing
+        against the budget (:mod:`flexflow.publishing.reuse`)
+    :param conn_id: storage connection for remote targets (where earlier images are looked up)
     """
 
-    template_fields: Sequence[str] = ("to", "filename")
+    template_fields: Sequence[str] = ("to", "filename", "requests")
     ui_color = "#eef3fb"
 
     def __init__(
@@ -76,6 +95,8 @@ class PreparePublishOperator(BaseOperator):
         files: Sequence[Mapping[str, str]],
         params_used: Sequence[str] | None,
         budget: Mapping[str, Any] | None = None,
+        requests: Sequence[Mapping[str, Any]] | None = None,
+        conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)
@@ -86,6 +107,8 @@ class PreparePublishOperator(BaseOperator):
         self.files = [dict(file) for file in files]
         self.params_used = None if params_used is None else list(params_used)
         self.budget = None if budget is None else dict(budget)
+        self.requests = None if requests is None else [dict(request) for request in requests]
+        self.conn_id = conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         given = dict(context["params"])
@@ -95,37 +118,71 @@ class PreparePublishOperator(BaseOperator):
             target = planned_target(self.to, self.root, self.filename, files, used)
         except PathRefused as exc:
             raise AirflowFailException(f"nothing was submitted: {exc}") from exc
+        to_submit = None if self.requests is None else self._not_published(context)
         if self.budget is not None:
-            day = enforce_budget(self.budget, context)
+            price = Decimal(self.budget["price_per_megapixel"])
+            cost = None if to_submit is None else jobs_estimate((r["flux"] for r in to_submit), price)
+            day = enforce_budget(self.budget, context, cost)
             self.log.info("within budget: %d credits, $%.2f for this DAG's runs of the day", day.credits, day.usd)
         self.log.info("publishing %d file(s) to %s", len(files), target[FOLDER])
         return target
+
+    def _not_published(self, context: Context) -> list[dict[str, Any]]:
+        """The requests to submit: the others' pictures are published already, pushed as the ``reusable`` XCom."""
+        requests = self.requests or []
+        digests = [planned_digest(request) for request in requests]
+        reusable = self._reusable(digests)
+        context["ti"].xcom_push(key=REUSABLE_XCOM_KEY, value=reusable)
+        to_submit = [request for request, digest in zip(requests, digests, strict=True) if digest not in reusable]
+        self.log.info("%d of %d job(s) reuse images already published", len(requests) - len(to_submit), len(requests))
+        return to_submit
+
+    def _lookup(self, digest: str) -> Lookup:
+        return find_published(self.root, self.conn_id, digest)
+
+    def _reusable(self, digests: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The requests whose pictures are already published under the root: their files, by digest."""
+        unique = list(dict.fromkeys(digests))
+        # Each lookup reads (and hashes) files, maybe on an object store: side by side, not one after another.
+        with ThreadPoolExecutor(max_workers=REUSE_LOOKUPS_AT_ONCE) as pool:
+            lookups = dict(zip(unique, pool.map(self._lookup, unique), strict=True))
+        reusable = {digest: lookup.files for digest, lookup in lookups.items() if lookup.files is not None}
+        for request, digest in zip(self.requests or (), digests, strict=True):
+            lookup = lookups[digest]
+            then = "reusing it" if lookup.files is not None else "submitting it"
+            self.log.info("image %s%s: %s; %s", request["image"], request["variant"], lookup.why, then)
+        return reusable
 
 
 class PublishImageOperator(BaseOperator):
     """Download a finished job's images promptly (signed URLs expire), check them, store them atomically.
 
-    :param job: the job's outcome (the wait task's result, a stored ``JobOutcome``)
+    :param job: the job's outcome (the wait task's result, a stored ``JobOutcome``); None when the submit
+        task was skipped because the picture is already published: then that image is copied
     :param request: the request body as sent (the submit task's ``request`` XCom: prompt and flux params)
     :param target: the prepare task's result: the checked folder and each job's file name
     :param image: the spec's image name
     :param variant: the variant's ``{variant}`` label ("" when the image has no variants; templated, so a
         mapped task group can pass each variant's own)
     :param conn_id: storage connection for remote targets
+    :param reusable: with ``reuse``, the prepare task's ``reusable`` XCom: published files by request digest
+    :param reuse_root: with ``reuse``, the publish root whose index records what this task stores
     """
 
-    template_fields: Sequence[str] = ("job", "request", "target", "variant")
+    template_fields: Sequence[str] = ("job", "request", "target", "variant", "reusable")
     ui_color = "#e8f7e4"
 
     def __init__(
         self,
         *,
-        job: Mapping[str, Any],
+        job: Mapping[str, Any] | None,
         request: Mapping[str, Any],
         target: Mapping[str, Any],
         image: str,
         variant: str = "",
         conn_id: str | None = None,
+        reusable: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        reuse_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,14 +192,26 @@ class PublishImageOperator(BaseOperator):
         self.image = image
         self.variant = variant
         self.conn_id = conn_id
+        self.reusable = reusable
+        self.reuse_root = reuse_root
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        outcome = JobOutcome.from_stored(self.job)
+        digest = request_digest(self.request)
+        if self.job is None:
+            records = self._copy_published(digest)
+        else:
+            records = self._store_job(JobOutcome.from_stored(self.job), digest, context)
+        if self.reuse_root is not None:
+            index = record_published(self.reuse_root, self.conn_id, digest, records, self.dag_id, context["run_id"])
+            self.log.info("indexed for reuse in %s", index)
+        return records
+
+    def _store_job(self, outcome: JobOutcome, digest: str, context: Context) -> list[dict[str, Any]]:
         flux = self.request["fluxParams"]
         if not outcome.images:
             raise AirflowFailException(self._paid_but_lost(outcome, "empty: it returned no images", context))
         folder = target_folder(self.target[FOLDER], self.conn_id)
-        names = self._names(outcome)
+        names = self._names(outcome.job_id, len(outcome.images))
         # Every image of the job is downloaded and checked before any is stored: a job publishes whole.
         images = [self._download(url, number, outcome, flux, context) for number, url in enumerate(outcome.images, 1)]
         records = []
@@ -153,7 +222,38 @@ class PublishImageOperator(BaseOperator):
                 "stored %s (%dx%d, %d bytes, sha256 %s)",
                 *(target, image.width, image.height, image.size_bytes, image.sha256),
             )
-            records.append(self._record(str(target), name, image, outcome, number, flux))
+            job = (outcome.job_id, number, len(images), outcome.credit_cost)
+            records.append(self._record(str(target), name, image, job, digest))
+        return records
+
+    def _copy_published(self, digest: str) -> list[dict[str, Any]]:
+        """The submit task was skipped: the picture is published already, so its files are copied, checked whole."""
+        files = sorted((self.reusable or {}).get(digest) or (), key=lambda file: int(file["index"]))
+        if not files or self.reuse_root is None:
+            raise AirflowFailException(
+                f"{self._which()}: no job was submitted and no published image stands for this request "
+                f"(sha256 {digest}); clear the run from its prepare task to look again or submit it"
+            )
+        flux = self.request["fluxParams"]
+        try:
+            images = [
+                reused_image(file, self.reuse_root, self.conn_id, flux["output_format"], output_size(dict(flux)))
+                for file in files
+            ]
+        except ReuseRefused as exc:
+            raise AirflowFailException(
+                f"{self._which()}: {exc} after the prepare task checked it; nothing was written. Clear this run "
+                "from its prepare task: it looks again, and a picture it cannot reuse is submitted (one job)"
+            ) from exc
+        folder = target_folder(self.target[FOLDER], self.conn_id)
+        job_id = str(files[0]["job_id"])
+        records = []
+        for file, name, image in zip(files, self._names(job_id, len(files)), images, strict=True):
+            target = folder / name
+            write_atomic(target, image.data)
+            self.log.info("reused %s as %s (sha256 %s): nothing billed", file["file"], target, image.sha256)
+            record = self._record(str(target), name, image, (job_id, int(file["index"]), len(files), 0), digest)
+            records.append({**record, "reused_from": file["file"]})
         return records
 
     def _download(
@@ -171,9 +271,12 @@ class PublishImageOperator(BaseOperator):
             ) from exc
 
     def _record(
-        self, file: str, name: str, image: DownloadedImage, outcome: JobOutcome, number: int, flux: Mapping[str, Any]
+        self, file: str, name: str, image: DownloadedImage, job: tuple[str, int, int, int | None], digest: str
     ) -> dict[str, Any]:
-        """One stored file, for the manifest: ``index`` (from 1) among ``job_images``, the images its job returned."""
+        """One stored file, for the manifest. ``job`` is ``(job id, index, job images, credit cost)``: the
+        file's ``index`` (from 1) among the images its job returned, and what this run paid for the job."""
+        job_id, index, job_images, credit_cost = job
+        flux = self.request["fluxParams"]
         return {
             "file": file,
             "name": name,
@@ -182,10 +285,11 @@ class PublishImageOperator(BaseOperator):
             "prompt": self.request["prompt"],
             "flux": flux,
             "seed": flux.get("seed"),
-            "job_id": outcome.job_id,
-            "index": number,
-            "job_images": len(outcome.images),
-            "credit_cost": outcome.credit_cost,
+            "job_id": job_id,
+            "index": index,
+            "job_images": job_images,
+            "credit_cost": credit_cost,
+            "request_sha256": digest,
             "sha256": image.sha256,
             "bytes": image.size_bytes,
             "width": image.width,
@@ -220,16 +324,15 @@ class PublishImageOperator(BaseOperator):
         map_index = getattr(ti, "map_index", -1)
         return f"`{submit}` (map index {map_index})" if isinstance(map_index, int) and map_index >= 0 else f"`{submit}`"
 
-    def _names(self, outcome: JobOutcome) -> list[str]:
+    def _names(self, job_id: str, count: int) -> list[str]:
         """Each image's file name; numbered when the job returned several, and never another job's name."""
         pattern = self.target[NAMES][self.image][self.variant]
-        count = len(outcome.images)
-        names = [self._name(pattern, outcome.job_id, number if count > 1 else None) for number in range(1, count + 1)]
+        names = [self._name(pattern, job_id, number if count > 1 else None) for number in range(1, count + 1)]
         others = {n for by_variant in self.target[NAMES].values() for n in by_variant.values()} - {pattern}
         taken = sorted(set(names) & others)
         if taken:
             raise AirflowFailException(
-                f"job {outcome.job_id} returned {count} images, and {taken[0]!r} is another job's file name; "
+                f"job {job_id} returned {count} images, and {taken[0]!r} is another job's file name; "
                 "nothing was written (rename the image or change publish.filename)"
             )
         return names
@@ -293,7 +396,9 @@ class FinalizeRunOperator(BaseOperator):
         ti = context["ti"]
         records = [record for task_id in self.publish_task_ids for record in self._published(ti, task_id)]
         jobs = published_jobs(records)
-        spent = self._record_spend(context, jobs, published_run=len(jobs) >= self.expected_jobs)
+        reused = {(r["image"], r["variant"]) for r in records if r.get("reused_from")} & jobs.keys()
+        paid = {job_id for key, job_id in jobs.items() if key not in reused}
+        spent = self._record_spend(context, paid, len(reused), published_run=len(jobs) >= self.expected_jobs)
         missing = self.expected_jobs - len(jobs)
         if missing > 0:
             stored = "\n".join(f"  {r['file']}" for r in records) or "  (none)"
@@ -316,7 +421,7 @@ class FinalizeRunOperator(BaseOperator):
                 "published_at": datetime.now(UTC).isoformat(),
                 "asset": self.asset,
                 "jobs": len(jobs),
-                "spend": spend_totals(spent),
+                "spend": spend_totals(spent, len(reused)),
                 "files": files,
             }
             write_atomic(manifest_path, json.dumps(document, indent=2).encode())
@@ -329,19 +434,22 @@ class FinalizeRunOperator(BaseOperator):
         }
         return {"manifest": str(manifest_path) if manifest_path else None, "files": len(files), "jobs": len(jobs)}
 
-    def _record_spend(self, context: Context, published: set[str], *, published_run: bool) -> list[JobSpend]:
-        """Every submitted job of the run with what it cost; written to the ledger when any job was submitted.
+    def _record_spend(
+        self, context: Context, published: set[str], reused: int, *, published_run: bool
+    ) -> list[JobSpend]:
+        """Every submitted job of the run with what it cost; written to the ledger when any job was submitted
+        or reused.
 
         Written before the manifest and for a failed run too: a run refused before submitting spent nothing
         and writes nothing.
         """
         ti = context["ti"]
         spent = [spend for job in self.jobs if (spend := self._job_spend(ti, job, published)) is not None]
-        if self.ledger_root is None or not spent:
+        if self.ledger_root is None or not (spent or reused):
             return spent
         path = target_folder(self.ledger_root, self.conn_id) / LEDGER_DIR / ti.dag_id / ledger_name(context["run_id"])
         spent = merged_jobs(spent, self._earlier_record(path))
-        record = ledger_record(ti.dag_id, context["run_id"], run_day(context), published_run, spent)
+        record = ledger_record(ti.dag_id, context["run_id"], run_day(context), published_run, spent, reused)
         write_atomic(path, json.dumps(record, indent=2).encode())
         self.log.info("recorded the run's spend in %s: %s", path, record["totals"])
         return spent
@@ -389,15 +497,19 @@ def run_day(context: Context) -> date:
     return datetime.now(UTC).date()
 
 
-def published_jobs(records: Sequence[Mapping[str, Any]]) -> set[str]:
-    """The jobs every one of whose images is stored: ``index`` 1..``job_images``, each exactly once.
+def published_jobs(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """The run's jobs, ``(image, variant)``, every one of whose images is stored (``index`` 1..``job_images``,
+    each exactly once), with the id of the job that made them.
 
-    A record of a version before ``job_images`` counts for its job's one image.
+    Keyed by the run's job, not the API's: two jobs of a run may reuse one published picture. A record of a
+    version before ``job_images`` counts for its job's one image.
     """
-    indexes: dict[str, list[int]] = {}
-    counts: dict[str, int] = {}
+    indexes: dict[tuple[str, str], list[int]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    job_ids: dict[tuple[str, str], str] = {}
     for record in records:
-        job = str(record["job_id"])
+        job = (str(record["image"]), str(record.get("variant", "")))
         indexes.setdefault(job, []).append(int(record.get("index", 1)))
         counts[job] = int(record.get("job_images", 1))
-    return {job for job, seen in indexes.items() if sorted(seen) == list(range(1, counts[job] + 1))}
+        job_ids[job] = str(record["job_id"])
+    return {job: job_ids[job] for job, seen in indexes.items() if sorted(seen) == list(range(1, counts[job] + 1))}

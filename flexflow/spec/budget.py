@@ -12,11 +12,13 @@ every resolution are fixed when the spec is validated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from flexflow.contract.params import JsonScalar
+from flexflow.contract.sizes import billed_megapixels, credit_cost
 from flexflow.spec.model import BudgetSpec, Spec
 
 #: The caps, in the order they are checked and shown; ``_run`` caps one run, ``_day`` a UTC day of runs.
@@ -58,8 +60,16 @@ NOTHING = Estimate(0, 0, 0, Decimal(0))
 
 def estimate(spec: Spec, price: Decimal) -> Estimate:
     """Every job of one run at its resolution: billed megapixels, credits, and USD at ``price``."""
-    billed = spec.billed_megapixels
-    return Estimate(spec.job_count, billed, spec.credits, price * billed)
+    return jobs_estimate((flux for _, _, flux in spec.jobs()), price)
+
+
+def jobs_estimate(jobs: Iterable[Mapping[str, JsonScalar]], price: Decimal) -> Estimate:
+    """The jobs of these flux params (a run's, or the part of it that reuses nothing) at ``price``."""
+    total = NOTHING
+    for flux in jobs:
+        billed = billed_megapixels(dict(flux))
+        total = total + Estimate(1, billed, credit_cost(dict(flux)), price * billed)
+    return total
 
 
 def caps(budget: BudgetSpec) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,7 +23,7 @@ def build_spec(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
     defaults = data.get("defaults", {})
     dag_id = data["dag_id"]
     publish = data["publish"]
-    return model.Spec(
+    spec = model.Spec(
         path=file,
         source=text,
         digest=hashlib.sha256(text.encode()).hexdigest(),
@@ -45,6 +46,7 @@ def build_spec(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
         ),
         budget=_budget(data.get("budget")),
     )
+    return replace(spec, reuse=data.get("reuse", spec.seeds_fixed))
 
 
 def _budget(data: Mapping[str, Any] | None) -> model.BudgetSpec | None:

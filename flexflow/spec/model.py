@@ -108,6 +108,7 @@ class Spec:
     publish: PublishSpec
     extras: Mapping[str, Any] = field(default_factory=lambda: frozen({}))
     budget: BudgetSpec | None = None
+    reuse: bool = False  # an image already published under the publish root is copied, not generated again
 
     @property
     def job_count(self) -> int:
@@ -115,6 +116,11 @@ class Spec:
 
     def jobs(self) -> list[tuple[ImageSpec, Variant, dict[str, JsonScalar]]]:
         return [(image, v, image.job_flux(v)) for image in self.images for v in image.variants]
+
+    @property
+    def seeds_fixed(self) -> bool:
+        """Every job names its seed: the same request gives the same picture (``reuse`` defaults on then)."""
+        return all(flux.get("seed") is not None for _, _, flux in self.jobs())
 
     @property
     def megapixels(self) -> float:

@@ -226,6 +226,14 @@ def spec_schema() -> dict[str, Any]:
             "images": {"type": "array", "minItems": 1, "items": _image()},
             "publish": _publish(),
             "budget": _budget(),
+            "reuse": {
+                "type": "boolean",
+                "description": (
+                    "Copy an image already published under the publish root instead of paying for it again, "
+                    "when its rendered prompt and every flux param are equal (default: true when every image "
+                    "has a fixed seed)."
+                ),
+            },
         },
     }
 

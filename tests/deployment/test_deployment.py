@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.airflow_helpers import clear_publish_root
 from tests.deployment.harness.deployment import Deployment
 from tests.deployment.harness.measure import rss_bytes, slot_seconds
 from tests.deployment.harness.rest import TERMINAL_RUN_STATES
@@ -69,6 +70,8 @@ def test_the_example_specs_run_as_deployed(deployment: Deployment, emulator: Any
     """The project's specs/, unpaused through the REST API: scheduled ones start their latest interval's
     run (``catchup: false``), unscheduled ones are triggered; every run publishes what its spec says."""
     emulator.configure(processing_seconds=3.0)
+    for spec in EXAMPLES.values():
+        clear_publish_root(spec)
     api = deployment.api
     runs: dict[str, str] = {}
     try:
