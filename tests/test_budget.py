@@ -18,14 +18,13 @@ import pytest
 
 from flexflow.cli import main as flexflow_main
 from flexflow.contract.sizes import credit_cost
-from flexflow.emulator import EmulatorServer
 from flexflow.publishing.budget import day_total
 from flexflow.spec import SpecError, load_spec, parse_spec
 from flexflow.spec.budget import Estimate, estimate, over
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import TEMPLATED
 from tests.airflow_helpers import load_module, task_states, xcom
-from tests.conftest import ROOT
+from tests.conftest import ROOT, EmulatedAirflow
 
 EXAMPLE = ROOT / "specs" / "spring_social_refresh.yaml"
 BUDGET_ROOT = Path("/tmp/flexflow-test-budget")
@@ -122,13 +121,10 @@ def budget_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dic
 
 
 def test_a_run_over_its_per_run_budget_fails_at_prepare_and_submits_nothing(
-    budget_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
+    budget_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
 ) -> None:
     """The spec was compiled without validation (which refuses it): the run-time check stands on its own."""
+    emulator, airflow_db, capfd = emulated_airflow.emulator, emulated_airflow.db, emulated_airflow.capfd
     dag_id = "flexflow_test_budget_over_run"
     dag_run = budget_dags[dag_id].test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
     output = "".join(capfd.readouterr())
@@ -147,14 +143,11 @@ def test_a_run_over_its_per_run_budget_fails_at_prepare_and_submits_nothing(
 
 
 def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
-    budget_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
+    budget_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
 ) -> None:
     dag_id = "flexflow_test_budget_daily"
     dag = budget_dags[dag_id]
+    emulator, airflow_db, capfd = emulated_airflow.emulator, emulated_airflow.db, emulated_airflow.capfd
 
     first = dag.test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
     assert first.state == "success", task_states(airflow_db, dag_id, first.run_id)
