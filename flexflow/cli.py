@@ -228,11 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show the tasks, jobs, megapixels and cost of one run of a spec")
     plan.add_argument("spec", metavar="SPEC")
     plan.add_argument("--format", choices=("text", "json"), default="text")
-    plan.add_argument(
-        "--price-per-megapixel",
+    # No default here: None lets a spec's budget price win over DEFAULT_PRICE_PER_MEGAPIXEL (_plan_price).
+    _add_price_argument(
+        plan,
+        f"USD per billed megapixel (default: the spec's budget's, else {DEFAULT_PRICE_PER_MEGAPIXEL})",
         default=None,
-        type=_price,
-        help=f"USD per billed megapixel (default: the spec's budget's, else {DEFAULT_PRICE_PER_MEGAPIXEL})",
     )
     plan.set_defaults(handler=_plan)
 
@@ -260,14 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("targets", nargs="+", metavar="TARGET_OR_SPECS")
     report.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day and later")
     report.add_argument("--format", choices=("text", "json"), default="text")
-    report.add_argument(
-        "--price-per-megapixel",
+    _add_price_argument(
+        report,
+        f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
         default=str(DEFAULT_PRICE_PER_MEGAPIXEL),
-        type=_price,
-        help=f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
     )
     report.set_defaults(handler=_report)
     return parser
+
+
+def _add_price_argument(parser: argparse.ArgumentParser, help: str, *, default: str | None) -> None:
+    """``--price-per-megapixel``, checked by ``_price``: one flag, one rule, for every command that prices jobs."""
+    parser.add_argument("--price-per-megapixel", default=default, type=_price, help=help)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.errors import FlexflowError
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import Spec, SpecError, load_spec
+from flexflow.spec.airflow_rules import CONN_ID
 from flexflow.spec.report import render_text, use_color
 
 BUNDLE_FILE = DAG_FILE_NAME
@@ -58,8 +59,6 @@ RUNS_DIR = "runs"
 DEMO_EMULATOR = EmulatorConfig(queue_seconds=0.5, processing_seconds=2.0)
 #: How a task's failure reads in Airflow's log: the exception's class, then its message, on one line.
 _FAILURE = re.compile(r"\b(?:AirflowFailException|AirflowException|AirflowSensorTimeout|DownloadError): ([^\n]+)")
-#: Airflow's connection-id rule (airflow.models.connection.sanitize_conn_id), ASCII only, at most 250 long.
-CONNECTION_ID = re.compile(r"[A-Za-z0-9_#!()\-.:/\\]{1,250}")
 #: How long the child's group has to stop after SIGTERM before it is SIGKILLed. A task that is
 #: interrupted loses nothing (its request and Idempotency-Key are stored before it is sent), so
 #: the grace only lets Airflow close its database session.
@@ -78,7 +77,8 @@ class RunError(FlexflowError):
 
 def check_connection_id(connection_id: str) -> str:
     """The id, when Airflow accepts it as a connection id; RunError otherwise."""
-    if not CONNECTION_ID.fullmatch(connection_id):
+    # The spec's rule, so that a --connection and a spec's connection_id are held to the same one.
+    if not CONN_ID.fullmatch(connection_id):
         raise RunError(
             f"{connection_id!r} is not an Airflow connection id: use 1 to 250 of the characters "
             r"A-Z a-z 0-9 _ # ! ( ) - . : / \ (e.g. apiframe_default)"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real emulator on a loopback port, and clients pointed at it."""
+"""Shared fixtures: a real emulator on a loopback port, clients pointed at it, and Airflow pointed at it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,36 @@ def apiframe_connection(emulator: EmulatorServer, airflow_db: Path, monkeypatch:
     }
     monkeypatch.setenv("AIRFLOW_CONN_APIFRAME_DEFAULT", json.dumps(connection))
     return "apiframe_default"
+
+
+@dataclass(frozen=True)
+class EmulatedAirflow:
+    """Airflow whose ``apiframe_default`` is the reset session emulator, and what its ``dag.test()`` runs leave.
+
+    The emulator's accounting and faults, the metadata database (task states, XComs, Asset events) and
+    what the runs printed.
+    """
+
+    emulator: EmulatorServer
+    db: Path
+    connection_id: str
+    capfd: pytest.CaptureFixture[str]
+    caplog: pytest.LogCaptureFixture
+
+    def output(self) -> str:
+        """What was printed since the last call: the tasks' output (capfd) and Airflow's own log records (caplog)."""
+        text = "".join(self.capfd.readouterr()) + self.caplog.text
+        self.caplog.clear()
+        return text
+
+
+@pytest.fixture
+def emulated_airflow(
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> EmulatedAirflow:
+    """What a test running a DAG through Airflow against the emulator needs, in one fixture."""
+    return EmulatedAirflow(emulator, airflow_db, apiframe_connection, capfd, caplog)

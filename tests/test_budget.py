@@ -18,14 +18,13 @@ import pytest
 
 from flexflow.cli import main as flexflow_main
 from flexflow.contract.sizes import credit_cost
-from flexflow.emulator import EmulatorServer
 from flexflow.publishing.budget import day_total
 from flexflow.spec import SpecError, load_spec, parse_spec
 from flexflow.spec.budget import Estimate, estimate, over
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import TEMPLATED
 from tests.airflow_helpers import load_module, task_states, xcom
-from tests.conftest import ROOT
+from tests.conftest import ROOT, EmulatedAirflow
 
 EXAMPLE = ROOT / "specs" / "spring_social_refresh.yaml"
 BUDGET_ROOT = Path("/tmp/flexflow-test-budget")
@@ -121,68 +120,76 @@ def budget_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dic
     shutil.rmtree(BUDGET_ROOT, ignore_errors=True)
 
 
-def test_a_run_over_its_per_run_budget_fails_at_prepare_and_submits_nothing(
-    budget_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    """The spec was compiled without validation (which refuses it): the run-time check stands on its own."""
-    dag_id = "flexflow_test_budget_over_run"
-    dag_run = budget_dags[dag_id].test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
-    output = "".join(capfd.readouterr())
-    states = task_states(airflow_db, dag_id, dag_run.run_id)
+def refused_run(dag: Any, airflow: EmulatedAirflow, logical_date: datetime, submissions: int, says: str) -> Any:
+    """Run ``dag`` once, expecting ``prepare`` to refuse it over budget; the failed run.
+
+    Every refusal: the run fails at ``prepare`` (once, never retried) before any submit task runs, the
+    emulator's ``submissions`` stay as they were, and the run's output ``says`` why.
+    """
+    airflow.capfd.readouterr()  # only this run's output
+    dag_run = dag.test(logical_date=logical_date)
+    output = "".join(airflow.capfd.readouterr())
+    states = task_states(airflow.db, dag.dag_id, dag_run.run_id)
 
     assert dag_run.state == "failed", states
     assert states["prepare"] == ("failed", 1), "refused once, never retried"
     assert all(state == "upstream_failed" for task, (state, _) in states.items() if "submit" in task), states
-    assert emulator.accounting()["submissions"] == 0, "a refused run costs nothing"
-    assert (
-        "nothing was submitted: spec 'flexflow_test_budget_over_run' is over budget:"
-        " estimated at 10 credits, over budget.credits_per_run 5 credits;"
-        " estimated at $0.10, over budget.usd_per_run $0.05"
-    ) in output
+    assert airflow.emulator.accounting()["submissions"] == submissions, "a refused run submits nothing"
+    assert says in output
+    return dag_run
+
+
+def test_a_run_over_its_per_run_budget_fails_at_prepare_and_submits_nothing(
+    budget_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
+) -> None:
+    """The spec was compiled without validation (which refuses it): the run-time check stands on its own."""
+    refused_run(
+        budget_dags["flexflow_test_budget_over_run"],
+        emulated_airflow,
+        datetime(2026, 11, 2, 6, tzinfo=UTC),
+        submissions=0,  # a refused run costs nothing
+        says=(
+            "nothing was submitted: spec 'flexflow_test_budget_over_run' is over budget:"
+            " estimated at 10 credits, over budget.credits_per_run 5 credits;"
+            " estimated at $0.10, over budget.usd_per_run $0.05"
+        ),
+    )
     assert not (BUDGET_ROOT / "over_run").exists()
 
 
 def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
-    budget_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
+    budget_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
 ) -> None:
     dag_id = "flexflow_test_budget_daily"
     dag = budget_dags[dag_id]
+    emulator, db = emulated_airflow.emulator, emulated_airflow.db
 
     first = dag.test(logical_date=datetime(2026, 11, 2, 6, tzinfo=UTC))
-    assert first.state == "success", task_states(airflow_db, dag_id, first.run_id)
+    assert first.state == "success", task_states(db, dag_id, first.run_id)
     billed = emulator.accounting()
     assert (billed["submissions"], billed["credits_billed"]) == (2, 10), "the estimate is what the API bills"
-    assert xcom(airflow_db, dag_id, first.run_id, "prepare", "budget") == [
+    assert xcom(db, dag_id, first.run_id, "prepare", "budget") == [
         {
             "day": "2026-11-02",
             "run_id": first.run_id,
             "estimate": {"jobs": 2, "billed_megapixels": 2, "credits": 10, "usd": "0.10"},
         }
     ]
-    capfd.readouterr()
 
-    second = dag.test(logical_date=datetime(2026, 11, 2, 18, tzinfo=UTC))
-    output = "".join(capfd.readouterr())
-    states = task_states(airflow_db, dag_id, second.run_id)
-    assert second.state == "failed", states
-    assert states["prepare"] == ("failed", 1)
-    assert emulator.accounting()["submissions"] == 2, "the refused run submitted nothing"
-    assert (
-        "nothing was submitted: spec 'flexflow_test_budget_daily' is over budget: estimated at 20 credits,"
-        " over budget.credits_per_day 15 credits for 2026-11-02 (UTC), with this DAG's earlier runs that day"
-    ) in output
-    assert xcom(airflow_db, dag_id, second.run_id, "prepare", "budget") == [], "a refused run does not count"
+    second = refused_run(
+        dag,
+        emulated_airflow,
+        datetime(2026, 11, 2, 18, tzinfo=UTC),
+        submissions=2,  # the first run's
+        says=(
+            "nothing was submitted: spec 'flexflow_test_budget_daily' is over budget: estimated at 20 credits,"
+            " over budget.credits_per_day 15 credits for 2026-11-02 (UTC), with this DAG's earlier runs that day"
+        ),
+    )
+    assert xcom(db, dag_id, second.run_id, "prepare", "budget") == [], "a refused run does not count"
 
     next_day = dag.test(logical_date=datetime(2026, 11, 3, 6, tzinfo=UTC))
-    assert next_day.state == "success", task_states(airflow_db, dag_id, next_day.run_id)
+    assert next_day.state == "success", task_states(db, dag_id, next_day.run_id)
     assert emulator.accounting()["submissions"] == 4
 
 

@@ -38,7 +38,7 @@ from flexflow.emulator.faults import Fault
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, rows, task_states
-from tests.conftest import AIRFLOW_HOME, ROOT, SECRET_KEY
+from tests.conftest import AIRFLOW_HOME, ROOT, SECRET_KEY, EmulatedAirflow
 from tests.guarantees_doc import publish_table
 from tests.test_template_secrets_hunt import leaks
 
@@ -270,25 +270,13 @@ def settled(emulator: EmulatorServer, late_submits: int, timeout: float = 15.0) 
         time.sleep(0.05)
 
 
-@dataclass(frozen=True)
-class Captured:
-    """What a run printed: the tasks' output (capfd) and Airflow's own log records (caplog)."""
-
-    capfd: pytest.CaptureFixture[str]
-    caplog: pytest.LogCaptureFixture
-
-    def take(self) -> str:
-        text = "".join(self.capfd.readouterr()) + self.caplog.text
-        self.caplog.clear()
-        return text
-
-
-def faulted_run(dag: Any, emulator: EmulatorServer, airflow_db: Path, captured: Captured, case: Case) -> Measured:
+def faulted_run(dag: Any, airflow: EmulatedAirflow, case: Case) -> Measured:
+    emulator, airflow_db = airflow.emulator, airflow.db
     if case.rule:
         emulator.faults.add(case.rule)
     dag_run = dag.test()
     settled(emulator, case.late_submits)
-    output = captured.take()
+    output = airflow.output()
     folder = TARGET / "pair" / dag_run.run_id.replace(":", "_")
     states = task_states(airflow_db, DAG_ID, dag_run.run_id)
     images, partial = checked_images(folder)
@@ -313,17 +301,10 @@ def faulted_run(dag: Any, emulator: EmulatorServer, airflow_db: Path, captured: 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.row for case in CASES])
 def test_a_fault_costs_at_most_one_bill_and_publishes_all_or_nothing(
-    case: Case,
-    fault_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    case: Case, fault_dags: dict[str, Any], emulated_airflow: EmulatedAirflow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_extras(monkeypatch, apiframe_connection, case.extra)
-    run = faulted_run(fault_dags[DAG_ID], emulator, airflow_db, Captured(capfd, caplog), case)
+    with_extras(monkeypatch, emulated_airflow.connection_id, case.extra)
+    run = faulted_run(fault_dags[DAG_ID], emulated_airflow, case)
     MEASURED[case.row] = run
 
     assert run.injected >= 1, "the fault was injected"
@@ -392,22 +373,18 @@ def holding_the_key(haystacks: dict[str, bytes]) -> list[str]:
 
 
 def test_after_the_fault_matrix_the_key_is_nowhere(
-    fault_dags: dict[str, Any],
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    fault_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
 ) -> None:
     assert MEASURED, "the hunt runs after the fault matrix, in the same module run"
+    emulator = emulated_airflow.emulator
     # One more run whose jobs take a while, so that its waits defer: the trigger's arguments and event
     # go through Airflow's serialization too (dag.test() runs the trigger in line, with no trigger row).
     emulator.config.update({"processing_seconds": 1.5})
-    deferred = faulted_run(fault_dags[DAG_ID], emulator, airflow_db, Captured(capfd, caplog), Case("deferred", {}))
+    deferred = faulted_run(fault_dags[DAG_ID], emulated_airflow, Case("deferred", {}))
     polls = emulator.accounting()["polls_per_job"].values()
     assert deferred.state == "success" and max(polls) >= 2, "a job still running at the first check: the wait deferred"
 
-    haystacks = stored_haystacks(airflow_db, TARGET)
+    haystacks = stored_haystacks(emulated_airflow.db, TARGET)
     for row, run in [*MEASURED.items(), ("deferred", deferred)]:
         haystacks[f"captured output of {row!r}"] = run.output.encode()
         haystacks[f"requests the emulator received in {row!r}"] = run.received.encode()

@@ -24,11 +24,10 @@ import pytest
 from PIL import Image
 
 from flexflow.contract import apply_defaults, output_size
-from flexflow.emulator import EmulatorServer
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, rows, task_states
-from tests.conftest import ROOT
+from tests.conftest import ROOT, EmulatedAirflow
 from tests.test_fault_matrix import holding_the_key, received_requests, stored_haystacks
 
 DAG_ID = "flexflow_test_soak"
@@ -78,13 +77,9 @@ def check_published(folder: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_500_images_through_20_percent_faults_are_each_published_once(
-    soak_dag: Any,
-    emulator: EmulatorServer,
-    apiframe_connection: str,
-    airflow_db: Path,
-    capfd: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    soak_dag: Any, emulated_airflow: EmulatedAirflow
 ) -> None:
+    emulator, airflow_db = emulated_airflow.emulator, emulated_airflow.db
     emulator.faults.reset(seed=SEED)
     emulator.faults.add(*FAULTS)
     dag_run = soak_dag.test()
@@ -108,7 +103,7 @@ def test_500_images_through_20_percent_faults_are_each_published_once(
 
     # The key hunt after the soak: its files, Airflow's home and database, its output, the requests.
     haystacks = stored_haystacks(airflow_db, TARGET)
-    haystacks["captured output"] = ("".join(capfd.readouterr()) + caplog.text).encode()
+    haystacks["captured output"] = emulated_airflow.output().encode()
     haystacks["requests the emulator received"] = received_requests(emulator).encode()
     assert DAG_ID.encode() in haystacks["captured output"] and b"tile_seed-100-5.png" in haystacks["table xcom"]
     found = holding_the_key(haystacks)

@@ -122,7 +122,8 @@ def shown(value: object) -> str:
     return _SHORT.repr(value)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An int but not a bool: ``true`` given as a count or a setting is a mistake, not 1."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -163,7 +164,7 @@ class FaultRule:
         problems = []
         if (self.count is None) == (self.rate is None):
             problems.append("give exactly one of count (scripted) or rate (random)")
-        if self.count is not None and not (_is_int(self.count) and self.count >= 1):
+        if self.count is not None and not (is_int(self.count) and self.count >= 1):
             problems.append(f"count must be a positive integer, not {shown(self.count)}")
         if self.rate is not None and not _in_range(self.rate, 0, 1):
             problems.append(f"rate must be a finite number between 0 and 1, not {shown(self.rate)}")
@@ -179,7 +180,7 @@ class FaultRule:
             problems.append(f"delay must be seconds in [0, {MAX_DELAY:g}], not {shown(self.delay)}")
         if self.message is not None and not isinstance(self.message, str):
             problems.append(f"message must be text, not {shown(self.message)}")
-        if not (_is_int(self.images) and IMAGES_RANGE[0] <= self.images <= IMAGES_RANGE[1]):
+        if not (is_int(self.images) and IMAGES_RANGE[0] <= self.images <= IMAGES_RANGE[1]):
             problems.append(
                 f"images must be an integer from {IMAGES_RANGE[0]} to {IMAGES_RANGE[1]}, not {shown(self.images)}"
             )
@@ -252,7 +253,7 @@ def parse_rules(rules: object) -> list[FaultRule]:
 
 
 def check_seed(seed: object) -> int | None:
-    if seed is not None and not _is_int(seed):
+    if seed is not None and not is_int(seed):
         raise ValueError(f"seed must be an integer, not {shown(seed)}")
     return seed  # type: ignore[return-value]
 

@@ -23,7 +23,7 @@ from flexflow.contract.params import apply_defaults
 from flexflow.contract.sizes import credit_cost
 from flexflow.contract.wire import JobStatus
 from flexflow.emulator import images
-from flexflow.emulator.faults import MODERATION_ERROR, PROVIDER_ERRORS, Fault, FaultPlan, FaultRule, shown
+from flexflow.emulator.faults import MODERATION_ERROR, PROVIDER_ERRORS, Fault, FaultPlan, FaultRule, is_int, shown
 
 #: The key the emulator accepts when none is configured. It is a test key, not a secret.
 DEFAULT_TEST_KEY = "afk_flexflow_emulator_test_key"
@@ -57,10 +57,6 @@ class EmulatorConfig:
             setattr(self, name, value)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _checked_setting(name: str, value: object) -> object:
     """``value`` as the setting ``name`` stores it, or a ValueError naming the setting and what it takes."""
     if name in ("api_keys", "inactive_keys"):
@@ -73,15 +69,15 @@ def _checked_setting(name: str, value: object) -> object:
             raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {shown(value)}")
         return float(value)  # type: ignore[arg-type]
     if name == "credits":
-        if value is not None and not (_is_int(value) and value >= 0):  # type: ignore[operator]
+        if value is not None and not (is_int(value) and value >= 0):  # type: ignore[operator]
             raise ValueError(f"credits must be null (unlimited) or an integer, 0 or more, not {shown(value)}")
         return value
     if name == "webhook_retries":
-        if not (_is_int(value) and 0 <= value <= 10):  # type: ignore[operator]
+        if not (is_int(value) and 0 <= value <= 10):  # type: ignore[operator]
             raise ValueError(f"webhook_retries must be an integer from 0 to 10, not {shown(value)}")
         return value
     if name == "max_body_bytes":
-        if not (_is_int(value) and value >= 1):  # type: ignore[operator]
+        if not (is_int(value) and value >= 1):  # type: ignore[operator]
             raise ValueError(f"max_body_bytes must be a positive integer, not {shown(value)}")
         return value
     if name == "result_shape":
