@@ -43,6 +43,7 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from flexflow.airflow.pools import ensure_pools
 from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.errors import FlexflowError
@@ -612,6 +613,7 @@ def child_main(home_root: str, dag_id: str, logical_date: str, run_after: str, p
     result: dict[str, Any]
     try:
         dag = runpy.run_path(str(home.dags / BUNDLE_FILE))[dag_id]
+        ensure_pools(task.pool for task in dag.tasks)  # the spec's pool, counting deferred tasks
         # The recorded dates: a resumed run gets its run id, and so its Idempotency-Keys, back.
         dag_run = dag.test(
             logical_date=datetime.fromisoformat(logical_date), run_after=datetime.fromisoformat(run_after)
