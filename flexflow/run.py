@@ -490,20 +490,28 @@ def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, run_id:
         )
         if not states:
             continue
-        line = _progress_line(states, spec.job_count)
+        submitted = sum(1 for job in _submitted_jobs(db, spec, run_id) if job.job_id)
+        line = _progress_line(states, submitted, spec.job_count)
         if line != shown:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
             shown = line
 
 
-def _progress_line(states: list[tuple[str, str | None]], jobs: int) -> str:
+def _progress_line(states: list[tuple[str, str | None]], submitted: int, jobs: int) -> str:
+    """Jobs submitted (the submit tasks' records), in flight, done and published.
+
+    A compiled submit task holds its job until the job has ended (it waits for it, deferred; under
+    ``dag.test()`` its trigger runs inline, so the run's jobs go one at a time): a job submitted whose
+    submit task has not finished is in flight.
+    """
+
     def count(step: str, *wanted: str) -> int:
         return sum(1 for task_id, state in states if task_id.endswith(f".{step}") and state in wanted)
 
-    waiting = count("wait", "running", "deferred", "up_for_reschedule", "queued", "scheduled")
+    in_flight = max(0, submitted - count("submit", "success", "failed", "upstream_failed"))
     failed = sum(1 for _, state in states if state in ("failed", "upstream_failed"))
     line = (
-        f"submitted {count('submit', 'success')}/{jobs} | waiting {waiting} | "
+        f"submitted {submitted}/{jobs} | in flight {in_flight} | "
         f"done {count('wait', 'success')}/{jobs} | published {count('publish', 'success')}/{jobs}"
     )
     return line + (f" | FAILED {failed}" if failed else "")
