@@ -1,10 +1,11 @@
-"""The ``flexflow`` command: validate, schema, plan, run, emulator, report."""
+"""The ``flexflow`` command: validate, schema, plan, run, emulator, report, pool."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -13,12 +14,19 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from flexflow import __version__
+from flexflow.airflow.pools import pool_slots_problem
 from flexflow.compiler.layout import described, task_layout
 from flexflow.contract import output_size
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
 from flexflow.contract.sizes import billed_megapixels
-from flexflow.defaults import MAX_JOBS_PER_RUN_ENV, MAX_PRICE_PER_MEGAPIXEL, PRICE_PER_MEGAPIXEL, deployment_limits
+from flexflow.defaults import (
+    MAX_JOBS_PER_RUN_ENV,
+    MAX_PRICE_PER_MEGAPIXEL,
+    POOL,
+    PRICE_PER_MEGAPIXEL,
+    deployment_limits,
+)
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
 from flexflow.errors import FlexflowError
@@ -26,6 +34,7 @@ from flexflow.run import RunError, check_connection_id
 from flexflow.spec import SpecError, budget, find_spec_files, load_folder, load_spec, spec_schema
 from flexflow.spec.model import Spec
 from flexflow.spec.report import render_json, render_text, use_color
+from flexflow.spec.schema import POOL_NAME_PATTERN
 
 DEFAULT_HOME = Path(".flexflow/airflow-home")
 
@@ -266,6 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_PRICE_PER_MEGAPIXEL),
     )
     report.set_defaults(handler=_report)
+
+    pool = commands.add_parser(
+        "pool",
+        help="create or update the Airflow pool that caps jobs in flight, in this AIRFLOW_HOME's database",
+        description="Same as: airflow pools set NAME N 'flexflow: Apiframe jobs in flight' --include-deferred",
+    )
+    pool.add_argument("--slots", required=True, type=_pool_slots, metavar="N", help="the team's concurrent-job limit")
+    pool.add_argument(
+        "--name",
+        default=POOL,
+        type=_pool_name,
+        help=f"the pool's name, as specs' `pool:` key names it (default {POOL})",
+    )
+    pool.set_defaults(handler=_pool)
     return parser
 
 
@@ -292,6 +315,39 @@ def _day(text: str) -> date:
         return date.fromisoformat(text) if len(text) == len("YYYY-MM-DD") else date.fromisoformat("")
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day: give YYYY-MM-DD, e.g. 2026-12-01") from None
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from flexflow.airflow.pools import set_pool  # imports Airflow's models: only for this command
+
+    try:
+        set_pool(args.name, args.slots)
+    except Exception as exc:
+        print(
+            f"flexflow pool: cannot write pool {args.name!r} to the Airflow database of AIRFLOW_HOME="
+            f"{os.environ.get('AIRFLOW_HOME', '~/airflow')} ({type(exc).__name__}); run `airflow db migrate` first",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    print(f"pool {args.name}: {args.slots} slot(s), counting deferred tasks")
+    return EXIT_OK
+
+
+def _pool_slots(text: str) -> int:
+    try:
+        slots = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slots must be an integer, not {text!r}") from None
+    problem = pool_slots_problem(slots)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return slots
+
+
+def _pool_name(text: str) -> str:
+    if not re.fullmatch(POOL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pool name: 1 to 256 of letters, digits, _ . -")
+    return text
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,6 +19,10 @@ from flexflow.contract.wire import job_path
 
 #: The Airflow connection (type ``apiframe``) specs and operators use unless they name another.
 CONNECTION_ID = "apiframe_default"
+#: The Airflow pool a compiled spec's submit and wait tasks run in: its slots cap the jobs in flight.
+POOL = "apiframe"
+#: The slots ``flexflow run`` gives a pool its private Airflow home lacks (a deployment sets its own).
+POOL_SLOTS = 10
 #: Longest wait for one API response, in seconds (the official SDK's), and for connecting.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
@@ -124,6 +128,7 @@ _MEANINGS: dict[str, str] = {
     "connection_id": "Airflow connection (type apiframe): base URL and key",
     "owner": "Airflow owner of the DAG's tasks",
     "catchup": "run missed intervals after a pause",
+    "pool": "Airflow pool of the submit and wait tasks: its slots cap the jobs in flight",
     "retries": "Airflow task retries",
     "retry_delay": "wait between task retries",
     "timeout": "longest wait for one job",
@@ -144,6 +149,7 @@ def _part(where: str, **values: object) -> tuple[Default, ...]:
 
 TABLE: tuple[Default, ...] = (
     *_part("spec", connection_id=CONNECTION_ID, owner=OWNER, catchup=CATCHUP),
+    *_part("spec", pool=POOL),
     *_part("image", retries=RETRIES, retry_delay=RETRY_DELAY, timeout=JOB_TIMEOUT, poll_interval=POLL_INTERVAL),
     *_part("publish", filename=FILENAME, manifest=MANIFEST),
     *_part("connection", request_timeout=REQUEST_TIMEOUT, max_attempts=MAX_ATTEMPTS, job_link=JOB_LINK),

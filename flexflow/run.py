@@ -10,8 +10,8 @@ The command owns its processes, because every job the child submits is billed:
 
 - the child runs in a process group of its own and dies with the command, even when the command is
   SIGKILLed (``PR_SET_PDEATHSIG`` on Linux, and a watchdog that kills the group once the parent is gone);
-- Ctrl-C and SIGTERM stop the child's group (SIGTERM, then SIGKILL after a grace period) and list the
-  jobs already submitted;
+- Ctrl-C and SIGTERM kill the child's group at once (nothing is submitted after the stop) and list
+  the jobs already submitted;
 - each run is recorded under the home before it starts (logical date, spec digest), so running the
   same spec again after a crash resumes that run: same run id, same Idempotency-Keys, and the API
   answers with the jobs it already created instead of billing them again;
@@ -43,6 +43,7 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from flexflow.airflow.pools import ensure_pools
 from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.errors import FlexflowError
@@ -59,10 +60,6 @@ RUNS_DIR = "runs"
 DEMO_EMULATOR = EmulatorConfig(queue_seconds=0.5, processing_seconds=2.0)
 #: How a task's failure reads in Airflow's log: the exception's class, then its message, on one line.
 _FAILURE = re.compile(r"\b(?:AirflowFailException|AirflowException|AirflowSensorTimeout|DownloadError): ([^\n]+)")
-#: How long the child's group has to stop after SIGTERM before it is SIGKILLed. A task that is
-#: interrupted loses nothing (its request and Idempotency-Key are stored before it is sent), so
-#: the grace only lets Airflow close its database session.
-STOP_GRACE_SECONDS = 5.0
 #: How often the child's watchdog looks for its parent.
 WATCHDOG_SECONDS = 0.2
 EXIT_FAILED, EXIT_REFUSED = 1, 2
@@ -280,6 +277,12 @@ def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) 
                 _show_progress(child, home.db, spec, record.run_id)
             except _Stopped as stopped:
                 _stop(child)
+                result = _read_result(home)
+                if result is not None:  # it ended just before the stop: report that (a rerun won't resume it)
+                    print(f"\nstopped by {stopped}, but the run of {spec.dag_id} had already ended")
+                    replace(record, state=str(result.get("state"))).save(home.record_file(spec.dag_id))
+                    _report(home, spec, result, log_file)
+                    return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
                 print(f"\nstopped by {stopped}: the run of {spec.dag_id} did not finish")
                 _print_submitted(home, spec, record.run_id)
                 print(_resume_hint(args), flush=True)
@@ -301,6 +304,11 @@ def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None
     unread = _read_result(home)  # the run ended, but its command was killed before it could read how
     if previous is not None and unread is not None and unread.get("run_id") == previous.run_id:
         previous = replace(previous, state=str(unread.get("state")))
+        print(
+            f"the run {previous.run_id} of {spec.dag_id} ended ({previous.state}) after its command was stopped "
+            "or killed, so it is not resumed: this is a new run",
+            flush=True,
+        )
     if previous is None or previous.state != "running":
         return fresh  # a finished run (success or failure) is not resumed
     submitted = _submitted_jobs(home.db, spec, previous.run_id)
@@ -352,24 +360,19 @@ def _start_child(
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's group, SIGKILL it after the grace period; returns once the child has ended.
+    """SIGKILL the child's group (a task's own subprocesses too); returns once the child has ended.
 
-    A second Ctrl-C or SIGTERM ends the grace at once. Airflow catches SIGTERM while a task runs (it
-    calls the task's ``on_kill`` and carries on), hence the SIGKILL: what a task was sending is safe,
-    its request and Idempotency-Key were stored before it left.
+    Not SIGTERM first: once a task has run, Airflow's task runner has taken SIGTERM over for the rest of
+    the process (it calls that task's ``on_kill`` and carries on), so under ``dag.test()`` a SIGTERM
+    stops nothing, and the run went on, submitting and paying, until the SIGKILL came. A kill at any
+    point is safe (the process-fault tests kill the command at every stage): a task's request and
+    Idempotency-Key are stored before it is sent, SQLite keeps each transaction whole, and a rerun resumes.
     """
+    for signum in EXIT_SIGNALLED:  # a second Ctrl-C must not interrupt the stop
+        signal.signal(signum, signal.SIG_IGN)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGTERM)
-    try:
-        child.wait(STOP_GRACE_SECONDS)
-    except (subprocess.TimeoutExpired, _Stopped):
-        pass
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # also a task's own subprocess that outlived the child
-            os.killpg(child.pid, signal.SIGKILL)
-        for signum in EXIT_SIGNALLED:  # the last moment of the stop: no signal may interrupt it
-            signal.signal(signum, signal.SIG_IGN)
-        child.wait()
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def _after_child(
@@ -487,21 +490,29 @@ def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, run_id:
         )
         if not states:
             continue
-        line = _progress_line(states, spec.job_count)
+        submitted = sum(1 for job in _submitted_jobs(db, spec, run_id) if job.job_id)
+        line = _progress_line(states, submitted, spec.job_count)
         if line != shown:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
             shown = line
 
 
-def _progress_line(states: list[tuple[str, str | None]], jobs: int) -> str:
+def _progress_line(states: list[tuple[str, str | None]], submitted: int, jobs: int) -> str:
+    """Jobs submitted (the submit tasks' records), in flight, done and published.
+
+    A compiled submit task holds its job until the job has ended (it waits for it, deferred; under
+    ``dag.test()`` its trigger runs inline, so the run's jobs go one at a time): a job submitted whose
+    submit task has not finished is in flight.
+    """
+
     def count(step: str, *wanted: str) -> int:
         return sum(1 for task_id, state in states if task_id.endswith(f".{step}") and state in wanted)
 
-    waiting = count("wait", "running", "deferred", "up_for_reschedule", "queued", "scheduled")
+    in_flight = max(0, submitted - count("submit", "success", "failed", "upstream_failed"))
     failed = sum(1 for _, state in states if state in ("failed", "upstream_failed"))
     reused = count("submit", "skipped")  # a submit skips only when its picture is published already
     line = (
-        f"submitted {count('submit', 'success')}/{jobs}{f' | reused {reused}' if reused else ''} | waiting {waiting} | "
+        f"submitted {submitted}/{jobs}{f' | reused {reused}' if reused else ''} | in flight {in_flight} | "
         f"done {count('wait', 'success')}/{jobs} | published {count('publish', 'success')}/{jobs}"
     )
     return line + (f" | FAILED {failed}" if failed else "")
@@ -618,6 +629,7 @@ def child_main(home_root: str, dag_id: str, logical_date: str, run_after: str, p
     result: dict[str, Any]
     try:
         dag = runpy.run_path(str(home.dags / BUNDLE_FILE))[dag_id]
+        ensure_pools(task.pool for task in dag.tasks)  # the spec's pool, counting deferred tasks
         # The recorded dates: a resumed run gets its run id, and so its Idempotency-Keys, back.
         dag_run = dag.test(
             logical_date=datetime.fromisoformat(logical_date), run_after=datetime.fromisoformat(run_after)

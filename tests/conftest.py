@@ -65,6 +65,7 @@ def emulator(emulator_server: EmulatorServer) -> EmulatorServer:
             "retention_seconds": 24 * 3600.0,
             "credits": None,
             "result_shape": "images",
+            "max_concurrent_jobs": None,
         }
     )
     return emulator_server

@@ -166,9 +166,14 @@ def test_a_second_run_on_a_busy_home_is_refused(tmp_path: Path) -> None:
     assert f"flexflow run (pid {os.getpid()}) is already using {tmp_path}" in result.stderr
 
 
-def test_a_run_that_ended_while_its_command_was_killed_is_not_resumed(tmp_path: Path) -> None:
+def test_a_run_that_ended_while_its_command_was_killed_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = RunHome(tmp_path)
     previous = _record(home, VARIANT_SPEC)  # still "running": the command never read the result
     (tmp_path / RESULT_FILE).write_text(json.dumps({"state": "success", "run_id": previous.run_id}))
     assert _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None).run_id != previous.run_id
     assert not (tmp_path / RESULT_FILE).exists(), "read once: a later run cannot mistake it for its own"
+    assert f"the run {previous.run_id} of spring_social_refresh ended (success) after its command" in (
+        capsys.readouterr().out
+    ), "says why it does not resume"

@@ -42,6 +42,8 @@ JOBS = 2
 HELD_SECONDS = 3.0
 #: Bounded waits: a stage is reached, a killed process group is gone, a run ends.
 STAGE_TIMEOUT, GONE_TIMEOUT, RUN_TIMEOUT = 120.0, 10.0, 240.0
+#: A stopped command ends well within this (it used to give its child a 5 s grace, in which the run went on).
+STOPPED_WITHIN = 3.0
 SPEC = """\
 version: 1
 dag_id: process_faults
@@ -274,9 +276,21 @@ def _before_submit(command: Command, accounting: dict[str, Any]) -> bool:
     return command.child() is not None and accounting["submissions"] == 0
 
 
+def in_flight(accounting: dict[str, Any]) -> int:
+    """The emulator's jobs QUEUED or PROCESSING: paid for, not ended."""
+    statuses: dict[str, int] = accounting["jobs_by_status"]
+    return int(statuses.get("QUEUED", 0)) + int(statuses.get("PROCESSING", 0))
+
+
 def _waiting(command: Command, accounting: dict[str, Any]) -> bool:
+    """A paid job is in flight and polled, and none has ended yet.
+
+    A compiled submit task waits for its own job (it holds its pool slot until the job ends), and
+    ``dag.test()`` runs one task at a time, so under ``flexflow run`` this is the first job alone.
+    """
     polled = sum(accounting["polls_per_job"].values())
-    return accounting["jobs_created"] == JOBS and polled > 0 and "COMPLETED" not in accounting["jobs_by_status"]
+    created = int(accounting["jobs_created"])
+    return created >= 1 and in_flight(accounting) == created and polled > 0
 
 
 RERUN = "rerun resumes: every image once, manifest and Asset event"
@@ -285,7 +299,7 @@ LISTED = "jobs submitted by run manual__"
 CASES = (
     Case("flexflow run SIGKILLed", "before any submit", RERUN, (), _before_submit),
     Case("flexflow run SIGKILLed", "a submit in flight", RERUN, (_slow("submit"),), _held),
-    Case("flexflow run SIGKILLed", "waiting for the jobs", RERUN, (), _waiting, processing_seconds=15.0),
+    Case("flexflow run SIGKILLed", "waiting for a job in flight", RERUN, (), _waiting, processing_seconds=15.0),
     Case("flexflow run SIGKILLed", "publishing (a download in flight)", RERUN, (_slow("file"),), _held),
     Case(
         "worker (Airflow child) SIGKILLed",
@@ -299,8 +313,8 @@ CASES = (
     ),
     Case(
         "flexflow run SIGTERMed",
-        "waiting for the jobs",
-        "child group stopped, jobs listed, exit 143; " + RERUN,
+        "waiting for a job in flight",
+        "child group killed at once, jobs listed, exit 143; " + RERUN,
         (),
         _waiting,
         signum=signal.SIGTERM,
@@ -311,7 +325,7 @@ CASES = (
     Case(
         "Ctrl-C (SIGINT to flexflow run)",
         "a submit in flight",
-        "child group stopped, jobs listed, exit 130; " + RERUN,
+        "child group killed at once, jobs listed, exit 130; " + RERUN,
         (_slow("submit"),),
         _held,
         signum=signal.SIGINT,
@@ -386,41 +400,54 @@ def test_killed_at_any_stage_and_run_again_every_image_is_published_once(tmp_pat
 # -- stopping: SIGTERM, Ctrl-C, a second command on the same home ---------------------------------
 
 
-def test_sigterm_and_ctrl_c_stop_the_run_list_its_jobs_and_a_rerun_resumes(tmp_path: Path, airflow_db: Path) -> None:
-    with emulator_process("--queue-seconds", "1", "--processing-seconds", "30") as control, commands() as command:
+def test_sigterm_and_ctrl_c_stop_the_run_at_once_list_its_jobs_and_a_rerun_resumes(
+    tmp_path: Path, airflow_db: Path
+) -> None:
+    # Under dag.test() a run's jobs go one at a time (each submit task waits for its own job).
+    with emulator_process("--queue-seconds", "1", "--processing-seconds", "5") as control, commands() as command:
         workspace = Workspace.create(tmp_path, control.url, airflow_db)
         first = command(workspace)
-        wait_for("both jobs submitted", lambda: control.accounting()["jobs_created"] == JOBS)
-        wait_for("the submit tasks' records", lambda: first.output.count("submitted 2/2") > 0)
-
-        second = command(workspace)  # the same home, while the first runs
-        assert second.finish() == 2, second.output
-        assert f"flexflow run (pid {first.process.pid}) is already using {workspace.home}" in second.output
-
+        wait_for("the first job in flight, polled", lambda: _waiting(first, control.accounting()))
         child = first.child()
         assert child is not None
+        signalled = time.monotonic()
         first.process.send_signal(signal.SIGTERM)
         assert first.finish() == 143, first.output
+        # At once: Airflow's task runner takes SIGTERM over and carries on, so a SIGTERM-and-grace stop
+        # let the run go on (and submit, and pay) for the whole grace; now the child's group is killed.
+        assert time.monotonic() - signalled < STOPPED_WITHIN, "the stop let the run go on"
         assert_group_gone(child.pid)
-        jobs = list(control.accounting()["polls_per_job"])
+        accounting = control.accounting()
+        assert accounting["jobs_created"] == 1, "nothing was submitted after the stop"
+        [job] = list(accounting["polls_per_job"])
         assert "stopped by SIGTERM" in first.output
-        assert "jobs submitted by run manual__" in first.output and "2 of 2" in first.output
-        assert all(job_id in first.output for job_id in jobs), "every submitted job id is listed"
+        assert "jobs submitted by run manual__" in first.output and f"1 of 2\n  poster_seed-1: {job}\n" in first.output
         assert "to resume it, run the same command again" in first.output
 
+        control.configure(processing_seconds=30)  # the resumed run's job stays in flight until Ctrl-C
         resumed = command(workspace)
-        wait_for("the resumed submit tasks", lambda: "submitted 2/2" in resumed.output)
-        assert "resuming the interrupted run" in resumed.output and "2 job(s) were submitted" in resumed.output
+        wait_for("the resumed run", lambda: "resuming the interrupted run" in resumed.output)
+        assert "1 job(s) were submitted" in resumed.output, resumed.output
+
+        second = command(workspace)  # the same home, while the resumed run runs
+        assert second.finish() == 2, second.output
+        assert f"flexflow run (pid {resumed.process.pid}) is already using {workspace.home}" in second.output
+
+        def second_job_polled() -> bool:
+            polls: dict[str, int] = control.accounting()["polls_per_job"]
+            return any(n > 0 for j, n in polls.items() if j != job)
+
+        wait_for("the resumed run's second job in flight, polled", second_job_polled)
         resumed.process.send_signal(signal.SIGINT)  # what Ctrl-C delivers (the child has a group of its own)
         assert resumed.finish() == 130, resumed.output
-        assert "stopped by SIGINT" in resumed.output
+        assert "stopped by SIGINT" in resumed.output and "2 of 2" in resumed.output
         accounting = control.accounting()
-        assert accounting["jobs_created"] == JOBS, "the resumed run reconnected to the first jobs"
-        # dag.test() recreated the run with its run id, so its submit tasks found their records (and
-        # reconnected) or, had the records gone with the old run, sent the same Idempotency-Keys again,
-        # which the API answers with the first jobs: either way no new key, no new job.
+        assert accounting["jobs_created"] == JOBS, "the resumed run reconnected to the first job"
+        # dag.test() recreated the run with its run id, so its first submit task found its record (and
+        # reconnected) or, had the record gone with the old run, sent the same Idempotency-Key again,
+        # which the API answers with the first job: either way no new key, no new job.
         assert len(accounting["submissions_per_key"]) == JOBS, accounting
-        assert sorted(accounting["polls_per_job"]) == sorted(jobs)
+        assert job in accounting["polls_per_job"] and all(j in resumed.output for j in accounting["polls_per_job"])
 
         workspace.write_spec("A poster of a lighthouse at dusk")  # a changed spec cannot resume
         changed = command(workspace)

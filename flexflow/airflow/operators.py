@@ -17,14 +17,18 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from flexflow import defaults
 from flexflow.airflow.keys import JOB_LINK_XCOM_KEY, JOB_STATE_KEY, REQUEST_XCOM_KEY
 from flexflow.airflow.links import ApiframeJobLink
+from flexflow.airflow.outcome import JobOutcome
 from flexflow.airflow.waiting import JobWaiting
 from flexflow.client.requests import generation_request, request_digest
 from flexflow.contract.schema import validate_request
+from flexflow.contract.wire import JobStatus
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import RuntimeTaskInstanceProtocol
 
+#: The statuses of a job that has ended; a timeout or an error while waiting is not one of them.
+ENDED = frozenset(status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED))
 STATE_RETENTION = timedelta(days=7)  # longer than the API's 24 h idempotency window
 
 
@@ -78,6 +82,10 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         None for the API's default (completed and failed)
     :param apiframe_conn_id: the ``apiframe`` connection (base URL and API key)
     :param wait_for_completion: also wait for the job in this task (for hand-written DAGs)
+    :param return_job_id: with ``wait_for_completion``, return the job id once the job has ended,
+        however it ended, and leave its outcome to a downstream ``FluxJobSensor`` (which then finds it
+        ended and returns at once). Compiled specs use it so that their submit task holds its pool slot
+        for as long as its job is in flight (see "Jobs in flight and Airflow pools" in docs/spec.md)
     :param deferrable: wait in the triggerer rather than holding a worker slot (default: Airflow's
         ``[operators] default_deferrable``, as for every provider's operators)
     :param poll_interval: first interval between status checks while waiting, in seconds
@@ -107,6 +115,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         webhook_events: Sequence[str] | None = None,
         apiframe_conn_id: str = defaults.CONNECTION_ID,
         wait_for_completion: bool = False,
+        return_job_id: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = defaults.POLL_INTERVAL.total_seconds(),
         max_poll_interval: float = defaults.MAX_POLL_INTERVAL.total_seconds(),
@@ -121,12 +130,22 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         self.webhook_url = webhook_url
         self.webhook_events = list(webhook_events) if webhook_events else None
         self.wait_for_completion = wait_for_completion
+        self.return_job_id = return_job_id
         self.job_timeout = job_timeout
         self.reusable_requests = reusable_requests
         self.wait_with(apiframe_conn_id, deferrable, poll_interval, max_poll_interval)
 
     def wait_timeout(self) -> timedelta:
         return self.job_timeout
+
+    def ended(self, outcome: JobOutcome) -> Any:
+        """The outcome (:meth:`finish`), or with ``return_job_id`` the id of a job that has ended in any way."""
+        if self.return_job_id and outcome.status in ENDED:
+            self.log.info(
+                "job %s has ended (%s): its outcome is the wait task's to report", outcome.job_id, outcome.status
+            )
+            return outcome.job_id
+        return self.finish(outcome)
 
     def build_request(self) -> dict[str, Any]:
         """The request body after templating; fails the task (no retries, no call) when the API would reject it."""

@@ -63,7 +63,7 @@ class JobWaiting:
     def hook(self) -> FluxHook:
         return FluxHook(self.apiframe_conn_id)
 
-    def wait_or_defer(self, job_id: str, submitted_at: float | None = None) -> dict[str, Any]:
+    def wait_or_defer(self, job_id: str, submitted_at: float | None = None) -> Any:
         """The finished job, waited for in the triggerer (deferrable) or in this task.
 
         A job that has already ended (a reconnecting try, an instant job) needs no trigger: deferring
@@ -72,7 +72,7 @@ class JobWaiting:
         job = self.hook.get_job(job_id)
         if job.is_terminal:
             self.log.info("job %s has already ended (%s): nothing to wait for", job_id, job.status.value)
-            return self.finish(JobOutcome.of_job(job))
+            return self.ended(JobOutcome.of_job(job))
         now = time.time()
         timing = WaitTiming(
             deadline=now + self.wait_timeout().total_seconds(),
@@ -87,10 +87,14 @@ class JobWaiting:
                 method_name="execute_complete",
                 timeout=self.wait_timeout() + TRIGGER_TIMEOUT_MARGIN,
             )
-        return self.finish(self.hook.wait_for_job(job_id, timing))
+        return self.ended(self.hook.wait_for_job(job_id, timing))
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        return self.finish(JobOutcome.from_stored(event))
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        return self.ended(JobOutcome.from_stored(event))
+
+    def ended(self, outcome: JobOutcome) -> Any:
+        """The task's result once the wait is over: :meth:`finish` unless the operator says otherwise."""
+        return self.finish(outcome)
 
     def finish(self, outcome: JobOutcome) -> dict[str, Any]:
         """The task's result for a finished job; raises what the task should fail with otherwise.

@@ -169,6 +169,7 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
         "apiframe_conn_id": spec.connection_id,
         "poll_interval": image.poll_interval.total_seconds(),
         "deferrable": True,  # waits hold no worker slot: that is what the triggerer is for
+        "pool": spec.pool,  # its slots cap the jobs in flight: the pool must count deferred tasks
     }
     submit_args = {
         "prompt": image.prompt,
@@ -176,6 +177,10 @@ def _image_group(spec: Spec, image: ImageSpec) -> PlannedGroup:
         "webhook_url": image.webhook_url,
         "webhook_events": list(image.webhook_events) if image.webhook_events else None,
         "job_timeout": image.timeout,
+        # The submit task holds its pool slot until its job has ended, so no other submit takes it
+        # while the job is still in flight; the wait task then finds the job ended and reports it.
+        "wait_for_completion": True,
+        "return_job_id": True,
         **api,
         **retry,
     }

@@ -177,7 +177,10 @@ class _Api:
         assert owner is not None
         result = self.state.submit(owner, body, key)
         if result.error is not None:
-            return JSONResponse(result.error, status_code=result.status_code)
+            response = JSONResponse(result.error, status_code=result.status_code)
+            if result.retry_after is not None:
+                response.headers[wire.RETRY_AFTER_HEADER] = _retry_after(result.retry_after, as_date=False)
+            return response
         job = result.job
         assert job is not None
         if not result.replayed and job.webhook_status:

@@ -148,6 +148,10 @@ def body_limit(text: str) -> int:
     return _integer(text, "max body bytes", minimum=1)
 
 
+def concurrent_jobs(text: str) -> int:
+    return _integer(text, "max concurrent jobs", minimum=1)
+
+
 def api_key(text: str) -> str:
     if not text.strip() or text != text.strip():
         raise argparse.ArgumentTypeError("an API key must be non-empty, without surrounding spaces")
@@ -241,6 +245,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_body_bytes,
         help=f"a larger request body is answered 413 (default {defaults.max_body_bytes})",
     )
+    parser.add_argument(
+        "--max-concurrent-jobs",
+        type=concurrent_jobs,
+        default=defaults.max_concurrent_jobs,
+        metavar="N",
+        help="a submit that would put more than N jobs of one API key in flight is answered 429 (default: no cap)",
+    )
 
 
 def accepted_keys(args: argparse.Namespace) -> tuple[str, ...]:
@@ -259,6 +270,7 @@ def serve(args: argparse.Namespace) -> int:
         credits=args.credits,
         result_shape=args.result_shape,
         max_body_bytes=args.max_body_bytes,
+        max_concurrent_jobs=args.max_concurrent_jobs,
     )
     server = EmulatorServer(config, args.fault, fault_seed=args.fault_seed, host=args.host, port=args.port)
     try:

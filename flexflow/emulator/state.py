@@ -47,6 +47,7 @@ class EmulatorConfig:
     result_shape: str = "images"  # images | string | list
     webhook_retries: int = 2
     max_body_bytes: int = 1024 * 1024  # a larger request body is answered 413
+    max_concurrent_jobs: int | None = None  # per API key; a submit beyond it is answered 429. None: no cap
 
     def update(self, changes: object) -> None:
         """Change settings; every one is checked first, so a refused change leaves all of them as they were."""
@@ -71,6 +72,10 @@ def _checked_setting(name: str, value: object) -> object:
     if name == "credits":
         if value is not None and not (is_int(value) and value >= 0):  # type: ignore[operator]
             raise ValueError(f"credits must be null (unlimited) or an integer, 0 or more, not {shown(value)}")
+        return value
+    if name == "max_concurrent_jobs":
+        if value is not None and not (is_int(value) and value >= 1):  # type: ignore[operator]
+            raise ValueError(f"max_concurrent_jobs must be null (no cap) or an integer, 1 or more, not {shown(value)}")
         return value
     if name == "webhook_retries":
         if not (is_int(value) and 0 <= value <= 10):  # type: ignore[operator]
@@ -192,6 +197,7 @@ class Submission:
     replayed: bool = False
     status_code: int = 202
     error: dict[str, Any] | None = None
+    retry_after: float | None = None  # seconds, for a 429
 
 
 @dataclass
@@ -206,6 +212,7 @@ class EmulatorState:
         self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self.submissions = 0
         self.submissions_per_key: Counter[str] = Counter()
+        self.rate_limited_submits = 0
         self._received: deque[dict[str, Any]] = deque(maxlen=RECEIVED_REQUESTS_KEPT)
         self._received_total = 0
         self.requests_in_flight = 0  # being handled now: a test waits for none before it resets
@@ -216,6 +223,7 @@ class EmulatorState:
             self._idempotency.clear()
             self.submissions = 0
             self.submissions_per_key.clear()
+            self.rate_limited_submits = 0
             self._received.clear()
             self._received_total = 0
 
@@ -290,6 +298,9 @@ class EmulatorState:
                             error={"error": "Idempotency-Key was already used with a different request body"},
                         )
                     return Submission(job=job, replayed=True)
+            refused = self._over_concurrency_cap(owner, now)
+            if refused is not None:
+                return refused
             cost = credit_cost(apply_defaults(body.get(wire.PARAMS_FIELD) or {}))
             available = self._credits_available(now)
             if available is not None and available < cost:
@@ -316,6 +327,22 @@ class EmulatorState:
             if idempotency_key:
                 self._idempotency[(owner, idempotency_key)] = (job.id, digest)
             return Submission(job=job)
+
+    def _over_concurrency_cap(self, owner: str, now: float) -> Submission | None:
+        """A 429 if ``owner`` already has ``max_concurrent_jobs`` jobs QUEUED or PROCESSING (lock held)."""
+        cap = self.config.max_concurrent_jobs
+        if cap is None:
+            return None
+        running = [j for j in self.jobs.values() if j.owner == owner and not j.status(now).is_terminal]
+        if len(running) < cap:
+            return None
+        self.rate_limited_submits += 1
+        first_end = min(j.finishes for j in running)
+        return Submission(
+            status_code=429,
+            error={"error": f"Too many concurrent jobs: at most {cap} may be queued or processing at once"},
+            retry_after=float(max(1, math.ceil(first_end - now))),
+        )
 
     def _credits_available(self, now: float) -> int | None:
         if self.config.credits is None:
@@ -395,6 +422,7 @@ class EmulatorState:
             jobs = list(self.jobs.values())
             keys = dict(self.submissions_per_key)
             submissions = self.submissions
+            rate_limited = self.rate_limited_submits
         billed = [j for j in jobs if j.billed(now)]
         billed_per_key = Counter(j.idempotency_key for j in billed if j.idempotency_key)
         per_body = Counter(j.body_hash for j in billed)
@@ -411,6 +439,7 @@ class EmulatorState:
             },
             "polls_per_job": {j.id: j.polls for j in jobs},
             "peak_in_flight": _peak_in_flight(jobs),
+            "rate_limited_submits": rate_limited,
             "jobs_by_status": dict(Counter(j.status(now).value for j in jobs)),
             "faults_injected": dict(self.faults.injected),
         }

@@ -35,6 +35,7 @@ def build_spec(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
         tags=tuple(data.get("tags", ())),
         owner=data.get("owner", fallback.OWNER),
         connection_id=data.get("connection_id", fallback.CONNECTION_ID),
+        pool=data.get("pool", fallback.POOL),
         params=model.frozen(data.get("params", {})),
         images=tuple(_image(image, defaults) for image in data["images"]),
         publish=model.PublishSpec(

@@ -103,6 +103,7 @@ class Spec:
     tags: tuple[str, ...]
     owner: str
     connection_id: str
+    pool: str
     params: Mapping[str, Any]
     images: tuple[ImageSpec, ...]
     publish: PublishSpec

@@ -26,6 +26,8 @@ DURATION_PATTERN = (
 DURATION_KEYS = ("retry_delay", "timeout", "poll_interval")
 HTTPS_URL_PATTERN = r"^https://[^\s/?#.][^\s]*$"
 PLACEHOLDERS = ("image", "variant", "ext", "job_id")
+#: An Airflow pool name as flexflow takes it: Airflow stores up to 256 characters; flexflow keeps them plain.
+POOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,256}$"
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
 
@@ -211,6 +213,12 @@ def spec_schema() -> dict[str, Any]:
                 "minLength": 1,
                 "default": defaults.CONNECTION_ID,
                 "description": "Airflow connection (type apiframe) with the API's base URL and key.",
+            },
+            "pool": {
+                "type": "string",
+                "pattern": POOL_NAME_PATTERN,
+                "default": defaults.POOL,
+                "description": "Airflow pool (1 to 256 of letters, digits, _ . -) of the submit and wait tasks.",
             },
             "params": {
                 "type": "object",

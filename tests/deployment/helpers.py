@@ -18,6 +18,7 @@ import jinja2
 from PIL import Image
 
 from flexflow.contract import output_size
+from flexflow.defaults import POOL
 from flexflow.spec import Spec, load_spec
 from tests.deployment.harness.billing import billing_problems
 from tests.deployment.harness.deployment import Deployment
@@ -78,6 +79,17 @@ images:
 """,
 }
 
+#: Twenty one-image specs triggered together against a pool and an API limit of ten jobs in flight.
+POOL_SPECS = {
+    f"deploy_pool_{n:02d}": f"""
+images:
+  - name: tile
+    prompt: "Pool tile number {n}, flat colours"
+    flux: {{resolution: 0.5MP, seed: {n}}}
+"""
+    for n in range(20)
+}
+SPECS.update(POOL_SPECS)
 
 #: A spec that fails validation: it must show up as a DAG tagged ``invalid``, not hide the others.
 BROKEN_SPECS = {
@@ -130,13 +142,19 @@ def waits(tis: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [ti for ti in tis if ti["task_id"].endswith(".wait")]
 
 
+def job_tasks(tis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The submit and wait tasks: a compiled spec's submit defers until its job has ended (docs/spec.md)."""
+    return [ti for ti in tis if ti["task_id"].endswith((".submit", ".wait"))]
+
+
 def wait_until_deferred(deployment: Deployment, dag_id: str, run_id: str, count: int, timeout: float) -> None:
-    """Until ``count`` wait tasks are deferred at once (while every job of the run still runs)."""
+    """Until ``count`` job tasks (submit or wait) are deferred at once (while every job of the run still runs)."""
     assert deployment.emulator is not None
     emulator = deployment.emulator
 
     def deferred() -> bool:
-        return sum(ti["state"] == "deferred" for ti in waits(deployment.api.task_instances(dag_id, run_id))) == count
+        tis = job_tasks(deployment.api.task_instances(dag_id, run_id))
+        return sum(ti["state"] == "deferred" for ti in tis) == count
 
     def jobs_still_running() -> None:
         deployment.check_alive()
@@ -147,16 +165,19 @@ def wait_until_deferred(deployment: Deployment, dag_id: str, run_id: str, count:
 
 
 def assert_waits_hold_no_slot(deployment: Deployment, dag_id: str, run_id: str, count: int) -> dict[str, Any]:
-    """All ``count`` waits deferred, and neither the pool nor an executor slot nor a process is held for them."""
+    """All ``count`` job tasks deferred: each holds a slot of flexflow's pool (that caps jobs in flight),
+    but no slot of the default pool, no executor slot and no process."""
     before = deployment.api.task_instances(dag_id, run_id)
-    pool = deployment.api.pool("default_pool")
+    pool = deployment.api.pool(POOL)
+    default = deployment.api.pool("default_pool")
     processes = task_processes(deployment.executor_services())
     after = deployment.api.task_instances(dag_id, run_id)
     for snapshot in (before, after):
-        assert [ti["state"] for ti in waits(snapshot)] == ["deferred"] * count
+        assert sum(ti["state"] == "deferred" for ti in job_tasks(snapshot)) == count
     active = {ti["id"] for ti in before + after if ti["state"] in ("running", "queued")}
-    assert pool["deferred_slots"] >= count, pool
-    assert pool["occupied_slots"] <= len(active), f"deferred tasks take no pool slot: {pool}"
+    assert pool["deferred_slots"] >= count, f"the pool counts deferred tasks: {pool}"
+    assert pool["occupied_slots"] <= pool["slots"], pool
+    assert default["occupied_slots"] <= len(active), f"deferred tasks take no default pool slot: {default}"
     assert len(processes) <= len(active), "no task process runs for a deferred wait"
     assert count > PARALLELISM or not active, "more tasks wait than the executor has slots"
     return {"pool": pool, "task_processes": len(processes), "other_active_tasks": len(active)}

@@ -20,6 +20,7 @@ from tests.deployment.helpers import (
     BROKEN_SPECS,
     EXAMPLES,
     PAUSED_AT_START,
+    POOL_SPECS,
     SPECS,
     WORKERS,
     assert_one_billed_job_per_image,
@@ -127,7 +128,10 @@ def test_killing_the_triggerer_while_twenty_jobs_wait_resubmits_nothing(deployme
 
     deployment.kill("triggerer")  # SIGKILL: no chance to hand its triggers over
     killed = deployment.api.task_states(dag_id, run_id)
-    assert sum(state == "deferred" for task, state in killed.items() if ".wait" in task) == 20
+    assert (
+        sum(state == "deferred" for task, state in killed.items() if task.split("[")[0].endswith((".submit", ".wait")))
+        == 20
+    )
     deployment.start_triggerer()
 
     assert finish(deployment, dag_id, run_id, timeout=240) == "success", deployment.api.task_states(dag_id, run_id)
@@ -257,3 +261,26 @@ def test_a_wait_whose_job_already_ended_neither_defers_nor_fails_spuriously(
         assert deferred == [], f"waits deferred for jobs that had already ended: {deferred}"
     finally:
         deployment.restart("scheduler")
+
+
+def test_twenty_specs_at_once_never_have_more_jobs_in_flight_than_the_pool(
+    deployment: Deployment, emulator: Any
+) -> None:
+    # The API's limit (the emulator answers 429 beyond it) and the pool are both ten jobs.
+    emulator.configure(max_concurrent_jobs=10, queue_seconds=0.5, processing_seconds=3.0)
+    slots = deployment.pool_slots
+    deployment.set_pool(10)
+    try:
+        runs = {dag_id: trigger(deployment, dag_id) for dag_id in POOL_SPECS}
+        for dag_id, run_id in runs.items():
+            state = finish(deployment, dag_id, run_id, timeout=300)
+            assert state == "success", deployment.api.task_states(dag_id, run_id)
+            check_published(deployment, dag_id, run_id)
+    finally:
+        deployment.set_pool(slots)
+        emulator.configure(max_concurrent_jobs=None)
+    accounting = emulator.accounting()
+    assert accounting["rate_limited_submits"] == 0, "the pool kept every submit under the API's limit"
+    assert 1 < accounting["peak_in_flight"] <= 10, accounting
+    assert_one_billed_job_per_image(accounting, 20)
+    measured(deployment)["pool_of_ten"] = {"peak_in_flight": accounting["peak_in_flight"], "specs": len(runs)}

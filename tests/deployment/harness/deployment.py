@@ -76,6 +76,8 @@ class Deployment:
     :param worker_concurrency: task slots of each Celery worker
     :param queue_seconds, processing_seconds: the emulator's job durations (changeable later
         through ``emulator.configure``)
+    :param pool_slots: slots of the pool flexflow's submit and wait tasks run in (created with
+        ``flexflow pool`` after the database migration; changeable later through ``set_pool``)
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Deployment:
         keep_home: bool = False,
         startup_timeout: float = 240.0,
         extra_env: dict[str, str] | None = None,
+        pool_slots: int = 32,
     ) -> None:
         if config not in ("local", "celery"):
             raise ValueError(f"config must be 'local' or 'celery', not {config!r}")
@@ -112,6 +115,7 @@ class Deployment:
         self.keep_home = keep_home
         self.startup_timeout = startup_timeout
         self.extra_env = dict(extra_env or {})
+        self.pool_slots = pool_slots
         self.ports = Ports()
         self.password = secrets.token_urlsafe(12)
         self.api_key = f"afk_deploy_{secrets.token_hex(8)}"
@@ -174,6 +178,7 @@ class Deployment:
             migrate_started = time.monotonic()
             self._migrate()
             self.timings["db_migrate"] = time.monotonic() - migrate_started
+            self.set_pool(self.pool_slots)
             self._start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.ports.api))
             self._start("scheduler", "scheduler")
             self._start("dag-processor", "dag-processor")
@@ -502,6 +507,24 @@ class Deployment:
         if result.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise HarnessError(f"airflow db migrate failed ({result.returncode}):\n{tail}")
+
+    def set_pool(self, slots: int) -> None:
+        """``flexflow pool --slots N``, as an operator would run it, against this deployment's database."""
+        log_path = self.logs_folder / "services" / "flexflow-pool.log"
+        with log_path.open("ab") as log:
+            result = subprocess.run(
+                [sys.executable, "-m", "flexflow.cli", "pool", "--slots", str(slots)],
+                env=self._env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=False,
+                start_new_session=True,
+            )
+        if result.returncode != 0:
+            raise HarnessError(f"flexflow pool failed ({result.returncode}): see {log_path}")
+        self.pool_slots = slots
 
     def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Service:
         starts = sum(1 for s in self.services if s.role == name)
