@@ -69,13 +69,15 @@ def reuse_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
-def run(text: str, when: datetime, db: Path) -> tuple[Any, dict[str, tuple[str, int]]]:
-    """The spec, as its DAG file compiles it, run once at ``when``."""
+def run(
+    text: str, when: datetime, db: Path, conf: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, tuple[str, int]]]:
+    """The spec, as its DAG file compiles it, run once at ``when`` (with ``conf``: the trigger form's values)."""
     specs = Path(os.environ[SPECS_DIR_ENV])
     specs.mkdir(exist_ok=True)
     (specs / "reuse.yaml").write_text(text)
     dag = load_module(REPOSITORY / "tests/dags/flexflow_reuse_test_dags.py").DAGS["flexflow_test_reuse"]
-    dag_run = dag.test(logical_date=when)
+    dag_run = dag.test(logical_date=when, run_conf=conf)
     return dag_run, task_states(db, dag.dag_id, dag_run.run_id)
 
 
@@ -203,6 +205,32 @@ def test_a_per_day_budget_counts_only_what_a_run_submits(
     changed, states = run(spec_text(hero="a new hero", extra=capped), later.replace(hour=20), airflow_db)
     assert changed.state == "failed" and states["prepare"][0] == "failed", states
     assert emulator.accounting()["submissions"] == JOBS
+
+
+def test_a_trigger_form_param_that_makes_a_run_pay_more_than_its_day_allows_is_refused_before_it_submits(
+    reuse_root: Path,
+    emulator: EmulatorServer,
+    apiframe_connection: str,
+    airflow_db: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A param the prompt renders decides what a run pays: the same value reuses the day's images (free), a new
+    one pays for every image it changes, and the per-day cap refuses that run in prepare, submitting nothing."""
+    text = spec_text(hero="a hero image of {{ params.subject }}", extra="budget: {credits_per_day: 15}")
+    text = text.replace("tags: [flexflow-test]", "tags: [flexflow-test]\nparams: {subject: a bicycle}")
+    assert run(text, FIRST, airflow_db)[0].state == "success"
+    same, _ = run(text, FIRST.replace(hour=18), airflow_db, conf={"subject": "a bicycle"})
+    assert same.state == "success" and emulator.accounting()["submissions"] == JOBS, "reused: nothing paid"
+
+    capfd.readouterr()
+    other, states = run(text, FIRST.replace(hour=20), airflow_db, conf={"subject": "a scooter"})
+    assert other.state == "failed" and states["prepare"] == ("failed", 1), states
+    assert (
+        "spec 'flexflow_test_reuse' is over budget: estimated at 20 credits, over budget.credits_per_day 15 credits"
+        in "".join(capfd.readouterr())
+    ), "the day's first run (15) and this one's changed image (5)"
+    assert states["hero.submit"][0] == "upstream_failed", states
+    assert emulator.accounting()["submissions"] == JOBS, "refused before any API call"
 
 
 # -- what the index holds is checked before it stands for a paid image -----------------------------------------
