@@ -101,6 +101,7 @@ def write_specs(folder: Path, publish_root: Path, count: int, images: int) -> li
                 if seed
             ],
             "defaults": {"flux": {"resolution": "1MP", "output_format": "png"}, "poll_interval": "2s", "retries": 2},
+            "reuse": False,  # the load phase runs the baseline's spec again: it must pay again, not copy
             "publish": {
                 "to": f"file://{publish_root}/{dag_id}/{{{{ run_id | replace(':', '_') }}}}",
                 "filename": "{image}{variant}.{ext}",
@@ -228,8 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=8, help="executor slots ([core] parallelism)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (celery only)")
     parser.add_argument("--worker-concurrency", type=int, default=4, help="slots per Celery worker")
+    parser.add_argument(
+        "--pool-slots", type=int, default=None, help="slots of the apiframe pool (default: every job of the load)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.pool_slots is None:  # the pool caps jobs in flight; here only the executor should limit the load
+        args.pool_slots = args.specs * args.images
     if args.config == "celery" and (problem := services_available()):
         print(f"cannot run the celery configuration: {problem}")
         return 2
@@ -245,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workers=args.workers,
                 parallelism=args.parallelism,
                 worker_concurrency=args.worker_concurrency,
+                pool_slots=args.pool_slots,
                 queue_seconds=args.queue_seconds,
                 processing_seconds=args.job_seconds,
                 root=root / "home",
