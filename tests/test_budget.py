@@ -15,15 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.cli import main as flexflow_main
+from flexflow.compiler.dag import compile_spec
 from flexflow.contract.sizes import credit_cost
-from flexflow.publishing.budget import day_total
+from flexflow.publishing.budget import DAYS_DIR, day_total, read_reservations
+from flexflow.publishing.ledger import LEDGER_DIR
+from flexflow.publishing.store import target_folder
 from flexflow.spec import SpecError, load_spec, parse_spec
 from flexflow.spec.budget import Estimate, estimate, over
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import TEMPLATED
-from tests.airflow_helpers import load_module, task_states, xcom
+from tests.airflow_helpers import load_module, task_states
 from tests.conftest import ROOT, EmulatedAirflow
 
 EXAMPLE = ROOT / "specs" / "spring_social_refresh.yaml"
@@ -116,6 +120,7 @@ def test_plan_without_a_budget_says_none_in_json(capsys: pytest.CaptureFixture[s
 def budget_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
     monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    shutil.rmtree(BUDGET_ROOT, ignore_errors=True)  # no reservation of an earlier session counts against a day
     yield load_module(ROOT / "tests/dags/flexflow_budget_test_dags.py").DAGS
     shutil.rmtree(BUDGET_ROOT, ignore_errors=True)
 
@@ -168,7 +173,7 @@ def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
     assert first.state == "success", task_states(db, dag_id, first.run_id)
     billed = emulator.accounting()
     assert (billed["submissions"], billed["credits_billed"]) == (2, 10), "the estimate is what the API bills"
-    assert xcom(db, dag_id, first.run_id, "prepare", "budget") == [
+    assert reservations(dag_id, "2026-11-02") == [
         {
             "day": "2026-11-02",
             "run_id": first.run_id,
@@ -176,7 +181,7 @@ def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
         }
     ]
 
-    second = refused_run(
+    refused_run(
         dag,
         emulated_airflow,
         datetime(2026, 11, 2, 18, tzinfo=UTC),
@@ -186,11 +191,50 @@ def test_a_per_day_budget_refuses_the_second_run_of_a_day_before_it_submits(
             " over budget.credits_per_day 15 credits for 2026-11-02 (UTC), with this DAG's earlier runs that day"
         ),
     )
-    assert xcom(db, dag_id, second.run_id, "prepare", "budget") == [], "a refused run does not count"
+    assert [r["run_id"] for r in reservations(dag_id, "2026-11-02")] == [first.run_id], "a refused run reserves nothing"
 
     next_day = dag.test(logical_date=datetime(2026, 11, 3, 6, tzinfo=UTC))
     assert next_day.state == "success", task_states(db, dag_id, next_day.run_id)
     assert emulator.accounting()["submissions"] == 4
+
+
+def test_a_per_day_cap_counts_every_run_of_the_day_whatever_order_they_ran_in(
+    budget_dags: dict[str, Any], emulated_airflow: EmulatedAirflow
+) -> None:
+    """A run of the evening that ran first counts against the morning's run that runs after it (a backfill,
+    a run triggered for an earlier time): the day's reservations are summed, not only the earlier runs'."""
+    dag = budget_dags["flexflow_test_budget_daily"]
+    evening = dag.test(logical_date=datetime(2026, 11, 2, 18, tzinfo=UTC))
+    assert evening.state == "success"
+    refused_run(
+        dag,
+        emulated_airflow,
+        datetime(2026, 11, 2, 6, tzinfo=UTC),
+        submissions=2,  # the evening run's
+        says="estimated at 20 credits, over budget.credits_per_day 15 credits for 2026-11-02 (UTC)",
+    )
+
+
+def reservations(dag_id: str, day: str) -> list[dict[str, Any]]:
+    """The day's reservations of the runs that went ahead, under the spec's publish root."""
+    folder = BUDGET_ROOT / "daily" / LEDGER_DIR / dag_id / DAYS_DIR / day
+    return [json.loads(file.read_text()) for file in sorted(folder.iterdir())]
+
+
+def test_an_unreadable_reservation_refuses_the_run_rather_than_guessing_the_days_spend(tmp_path: Path) -> None:
+    (tmp_path / "manual__1.json").write_text('{"day": "2026-11-02", "estimate": {"credits": "lots"}}')
+    with pytest.raises(
+        AirflowFailException, match=r"nothing was submitted: .*manual__1.json is not a budget reservation"
+    ):
+        read_reservations(target_folder(f"file://{tmp_path}", None))
+    assert read_reservations(target_folder(f"file://{tmp_path}/no-such-day", None)) == [], "no run yet that day"
+
+
+def test_a_per_day_cap_makes_prepare_run_one_at_a_time_so_runs_started_together_see_each_other() -> None:
+    daily = load_spec(ROOT / "tests/specs/budget/daily.yaml")
+    assert compile_spec(daily).get_task("prepare").max_active_tis_per_dag == 1
+    per_run_only = parse_spec(spec_text(""))  # credits_per_run alone: runs do not share a cap
+    assert compile_spec(per_run_only).get_task("prepare").max_active_tis_per_dag is None
 
 
 def test_a_days_total_counts_each_other_run_of_that_day_once() -> None:

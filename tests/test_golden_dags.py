@@ -77,6 +77,7 @@ KEY_ARGUMENTS = (
     "reusable_requests",
     "reusable",
     "reuse_root",
+    "max_active_tis_per_dag",
 )
 
 

@@ -136,11 +136,16 @@ def _prepare(spec: Spec) -> PlannedTask:
             "estimate": cost.to_dict(),
             "price_per_megapixel": str(spec.budget.price_per_megapixel),
         }
+        if budget.has_day_caps(arguments["budget"]["caps"]):
+            # One prepare of the DAG at a time: a run reads the day's reservations and adds its own before
+            # the next run reads them, so two runs triggered together cannot both fit under the cap.
+            arguments["max_active_tis_per_dag"] = 1
     if spec.reuse:  # only then: a spec that never reuses compiles as before
         arguments["requests"] = [
             {"image": image.name, "variant": variant.label, "prompt": image.prompt, "flux": flux}
             for image, variant, flux in spec.jobs()
         ]
+    if spec.budget is not None or spec.reuse:  # where the publish root's ledger and index are read
         arguments["conn_id"] = spec.publish.conn_id
     return PlannedTask(PREPARE, PREPARE, "PreparePublishOperator", arguments, (), None, None)
 

@@ -2,32 +2,48 @@
 
 The prepare task carries the spec's caps and one run's estimate (fixed at validation: no trigger-form
 param can change the job count or a resolution, see :mod:`flexflow.spec.budget`). Per-run caps compare
-that estimate; per-day caps add what this DAG's other runs of the same UTC day estimated, read from
-the ``budget`` XCom their prepare task pushed when it let them go ahead. A refused run pushes nothing,
-so it does not count against the day.
+what the run will submit; per-day caps add what this DAG's other runs of the same UTC day reserved.
+
+A run that goes ahead reserves its estimate in a file of its own,
+``<publish root>/.flexflow-ledger/<dag_id>/days/<day>/<run_id>.json``, and the check sums every other
+reservation of the day, whatever order the runs started in. Prepare tasks of a DAG with a per-day cap
+run one at a time (``max_active_tis_per_dag=1``), so two runs triggered together cannot both read the
+day before either has reserved. A refused run reserves nothing, so it does not count against the day.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from flexflow.spec.budget import NOTHING, Estimate, over
+from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
+from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.spec.budget import NOTHING, Estimate, has_day_caps, over
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: The XCom key (of the prepare task) holding a run's ``{"day", "run_id", "estimate"}``.
-BUDGET_XCOM_KEY = "budget"
+#: Under the ledger's folder of a DAG: one folder per UTC day, one reservation per run that went ahead.
+DAYS_DIR = "days"
 
 
-def enforce_budget(budget: Mapping[str, Any], context: Context, cost: Estimate | None = None) -> Estimate:
-    """Fail the run (no retries) when it would exceed a cap; else record its estimate for the day's later runs.
+def dag_ledger(root: str, conn_id: str | None, dag_id: str) -> ObjectStoragePath:
+    """The DAG's folder of the ledger under the publish root (its runs' records; its days' reservations)."""
+    return target_folder(root, conn_id) / LEDGER_DIR / dag_id
+
+
+def enforce_budget(
+    budget: Mapping[str, Any], context: Context, ledger: ObjectStoragePath, cost: Estimate | None = None
+) -> Estimate:
+    """Fail the run (no retries) when it would exceed a cap; else reserve its estimate for the day.
 
     :param budget: ``{"caps": {cap: text}, "estimate": Estimate.to_dict(), "price_per_megapixel": text}``
+    :param ledger: the DAG's ledger folder under the publish root (:func:`dag_ledger`)
     :param cost: what this run will submit, when less than the whole estimate (images it reuses cost nothing)
     :returns: the day's estimate so far, this run included
     """
@@ -35,11 +51,8 @@ def enforce_budget(budget: Mapping[str, Any], context: Context, cost: Estimate |
     caps: Mapping[str, str] = budget["caps"]
     cost = Estimate.from_dict(budget["estimate"]) if cost is None else cost
     day = run_day(context)
-    earlier = NOTHING
-    if any(key.endswith("_per_day") for key in caps):
-        earlier = day_total(
-            ti.xcom_pull(task_ids=[ti.task_id], key=BUDGET_XCOM_KEY, include_prior_dates=True), day, ti.run_id
-        )
+    reservations = ledger / DAYS_DIR / day
+    earlier = day_total(read_reservations(reservations), day, ti.run_id) if has_day_caps(caps) else NOTHING
     refusals = [message for _, message in over(caps, "run", cost)]
     refusals += [
         f"{m} for {day} (UTC), with this DAG's earlier runs that day" for _, m in over(caps, "day", earlier + cost)
@@ -51,8 +64,30 @@ def enforce_budget(budget: Mapping[str, Any], context: Context, cost: Estimate |
             f" at ${budget['price_per_megapixel']} per megapixel; earlier runs of {day}: {earlier.credits} credits,"
             f" ${earlier.usd:.2f}). Raise the cap in the spec's budget, or trigger the run another day"
         )
-    ti.xcom_push(BUDGET_XCOM_KEY, {"day": day, "run_id": ti.run_id, "estimate": cost.to_dict()})
+    if has_day_caps(caps):
+        reservation = {"day": day, "run_id": ti.run_id, "estimate": cost.to_dict()}
+        write_atomic(reservations / ledger_name(ti.run_id), json.dumps(reservation, indent=2).encode())
     return earlier + cost
+
+
+def read_reservations(folder: ObjectStoragePath) -> list[Any]:
+    """Every reservation of the day; one that cannot be read refuses the run (money is not guessed at)."""
+    if not folder.exists():
+        return []
+    records = []
+    for file in sorted(folder.iterdir(), key=str):
+        if not file.name.endswith(".json"):
+            continue
+        try:
+            record = json.loads(file.read_bytes())
+            Estimate.from_dict(record["estimate"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AirflowFailException(
+                f"nothing was submitted: {file} is not a budget reservation ({exc!r}), so the day's spend is "
+                "unknown; delete or restore it"
+            ) from exc
+        records.append(record)
+    return records
 
 
 def run_day(context: Context) -> str:
@@ -63,7 +98,7 @@ def run_day(context: Context) -> str:
 
 
 def day_total(records: Iterable[Any] | None, day: str, own_run_id: str) -> Estimate:
-    """What the other runs of ``day`` estimated, from their ``budget`` XComs (anything else is skipped)."""
+    """What the other runs of ``day`` reserved (a record of another day, or not a record, is skipped)."""
     total = NOTHING
     seen: set[str] = set()
     for record in records or ():

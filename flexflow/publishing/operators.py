@@ -18,7 +18,7 @@ from flexflow.airflow.outcome import JobOutcome
 from flexflow.client.requests import request_digest
 from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
-from flexflow.publishing.budget import enforce_budget
+from flexflow.publishing.budget import dag_ledger, enforce_budget
 from flexflow.publishing.ledger import (
     LEDGER_DIR,
     JobSpend,
@@ -122,7 +122,8 @@ class PreparePublishOperator(BaseOperator):
         if self.budget is not None:
             price = Decimal(self.budget["price_per_megapixel"])
             cost = None if to_submit is None else jobs_estimate((r["flux"] for r in to_submit), price)
-            day = enforce_budget(self.budget, context, cost)
+            ledger = dag_ledger(self.root, self.conn_id, context["ti"].dag_id)
+            day = enforce_budget(self.budget, context, ledger, cost)
             self.log.info("within budget: %d credits, $%.2f for this DAG's runs of the day", day.credits, day.usd)
         self.log.info("publishing %d file(s) to %s", len(files), target[FOLDER])
         return target

@@ -77,6 +77,11 @@ def caps(budget: BudgetSpec) -> dict[str, str]:
     return {key: str(value) for key in CAPS if (value := getattr(budget, key)) is not None}
 
 
+def has_day_caps(caps: Mapping[str, Any]) -> bool:
+    """Whether ``caps`` (as :func:`caps` gives them) cap a day of runs, not only one run."""
+    return any(key.endswith("_per_day") for key in caps)
+
+
 def over(caps: Mapping[str, str], period: str, cost: Estimate) -> Iterator[tuple[str, str]]:
     """``(cap, message)`` for each cap of ``period`` (``run`` or ``day``) that ``cost`` exceeds."""
     for key in CAPS:

@@ -71,6 +71,13 @@ images:
         f'  - name: {name}\n    prompt: "{name} icon"\n    retries: 0\n    variants: {{seed: [1, 2, 3, 4, 5]}}\n'
         for name in ("up", "down", "left", "right")
     ),
+    # One 1MP job a run (5 credits), and a day's budget of one run: two runs triggered together.
+    "deploy_daily_budget": """
+images:
+  - name: badge
+    prompt: "A round badge with a star"
+budget: {credits_per_day: 5}
+""",
     # One job, for the failure and worker-kill tests.
     "deploy_single": """
 images:

@@ -263,6 +263,27 @@ def test_a_wait_whose_job_already_ended_neither_defers_nor_fails_spuriously(
         deployment.restart("scheduler")
 
 
+def test_of_two_runs_triggered_together_a_per_day_cap_lets_one_through(deployment: Deployment, emulator: Any) -> None:
+    """The day allows one run: of two manual runs (no logical date) triggered at once, one publishes and the
+    other is refused in prepare, submitting nothing; their prepares run one at a time (max_active_tis_per_dag).
+    Should a UTC midnight fall between the two triggers, each run has a day of its own."""
+    emulator.configure(processing_seconds=1.0)
+    dag_id = "deploy_daily_budget"
+    runs = [trigger(deployment, dag_id) for _ in range(2)]
+    states = [finish(deployment, dag_id, run_id) for run_id in runs]
+    days = {str(deployment.api.dag_run(dag_id, run_id)["run_after"])[:10] for run_id in runs}
+    billed = emulator.accounting()["jobs_billed"]
+    if len(days) == 2:
+        assert (states, billed) == (["success", "success"], 2), days
+        return
+    assert sorted(states) == ["failed", "success"], {r: deployment.api.task_states(dag_id, r) for r in runs}
+    refused = runs[states.index("failed")]
+    assert deployment.api.task_states(dag_id, refused)["prepare"] == "failed"
+    assert billed == 1, "the refused run submitted nothing"
+    log = deployment.api.task_log(dag_id, refused, "prepare", 1)
+    assert "is over budget: estimated at 10 credits, over budget.credits_per_day 5 credits" in log
+
+
 def test_twenty_specs_at_once_never_have_more_jobs_in_flight_than_the_pool(
     deployment: Deployment, emulator: Any
 ) -> None:
