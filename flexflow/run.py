@@ -47,9 +47,9 @@ from flexflow.airflow.pools import ensure_pools
 from flexflow.compiler.dag_file import DAG_FILE_NAME, SPECS_DIR_ENV, dag_file_source
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 from flexflow.errors import FlexflowError
-from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.spec import Spec, SpecError, load_spec
 from flexflow.spec.airflow_rules import CONN_ID
+from flexflow.spec.checks import CONTACT_SHEET_NAME
 from flexflow.spec.report import render_text, use_color
 
 BUNDLE_FILE = DAG_FILE_NAME
@@ -556,8 +556,7 @@ def _report(home: RunHome, spec: Spec, result: dict[str, Any], log_file: Path) -
         f"\nspend: {spend.get('submitted', 0)} job(s) submitted, {spend.get('reused', 0)} reused from earlier runs"
         f" (not paid again), {spend.get('credits', 0)} credits"
     )
-    sheet = manifest_path.parent / "index.html"
-    sheet.write_text(render_contact_sheet(manifest))
+    sheet = manifest_path.parent / CONTACT_SHEET_NAME  # finalize wrote it beside the manifest
     print(f"\nmanifest:      {manifest_path}\ncontact sheet: {sheet}\nAirflow's log: {log_file}")
     return 0
 

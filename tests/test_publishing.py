@@ -47,7 +47,7 @@ from flexflow.publishing.paths import (
 from flexflow.publishing.reuse import REUSE_DIR
 from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
-from flexflow.spec.checks import template_params
+from flexflow.spec.checks import RUN_FILES, template_params
 from tests.airflow_helpers import load_module, rows, task_states, xcom
 from tests.conftest import ROOT, fast_retry, flux_request
 
@@ -886,7 +886,7 @@ def test_a_publish_retry_after_a_failed_download_stores_each_file_once(
     assert dag_run.state == "success", states
     assert sorted(states[f"tile.publish[{i}]"] for i in (0, 1)) == [("success", n) for n in tries]
     names = ["tile_seed-1.png", "tile_seed-2.png"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, MANIFEST_NAME])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, *RUN_FILES])
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert sorted(f["name"] for f in manifest["files"]) == names, "each file once in the manifest"
     for entry in manifest["files"]:
@@ -936,7 +936,7 @@ def test_a_job_with_several_images_publishes_each_counted_per_job(
     assert [(e["index"], e["job_images"]) for e in single] == [(1, 1)]
     assert len({e["sha256"] for e in several}) == 3, "three distinct images, none stored twice"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted([*(e["name"] for e in manifest["files"]), MANIFEST_NAME]), "no partial, no extra file"
+    assert names == sorted([*(e["name"] for e in manifest["files"]), *RUN_FILES]), "no partial, no extra file"
     [(_, extra)] = asset_events(airflow_db, dag_id, dag_run.run_id)
     assert len(json.loads(extra)["files"]) == 4
 
@@ -1033,7 +1033,7 @@ def test_a_lost_result_fails_publish_once_and_clearing_the_submit_pays_for_exact
     assert accounting["duplicates"] == {"by_key": {}, "by_body": 1}
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert [(f["name"], f["job_id"]) for f in manifest["files"]] == [("only.png", second_job)]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["only.png", MANIFEST_NAME])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["only.png", *RUN_FILES])
     assert len(asset_events(airflow_db, dag_id, dag_run.run_id)) == 1
 
 
@@ -1143,7 +1143,7 @@ def test_a_plain_trigger_param_publishes_inside_the_target(
         [
             "root",
             "root/summer 2027",
-            *(f"root/summer 2027/{name}" for name in ("card-card_seed-1.png", "card-card_seed-2.png", MANIFEST_NAME)),
+            *(f"root/summer 2027/{name}" for name in ("card-card_seed-1.png", "card-card_seed-2.png", *RUN_FILES)),
             *(ledger.rpartition("/")[0], ledger, f"{ledger}/{ledger_name(dag_run.run_id)}"),
             f"root/{REUSE_DIR}",
             *(f"root/{REUSE_DIR}/{entry}.json" for entry in reuse_entries(manifest_of(folder))),

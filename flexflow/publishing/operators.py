@@ -19,6 +19,7 @@ from flexflow.client.requests import request_digest
 from flexflow.client.results import DownloadedImage, DownloadError, download_image
 from flexflow.contract import output_size
 from flexflow.publishing.budget import dag_ledger, enforce_budget
+from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.publishing.ledger import (
     LEDGER_DIR,
     JobSpend,
@@ -30,7 +31,6 @@ from flexflow.publishing.ledger import (
 )
 from flexflow.publishing.paths import (
     JOB_ID,
-    MANIFEST_NAME,
     PathRefused,
     PlannedFile,
     checked_name,
@@ -48,6 +48,7 @@ from flexflow.publishing.reuse import (
 )
 from flexflow.publishing.store import target_folder, write_atomic
 from flexflow.spec.budget import jobs_estimate
+from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME, RUN_FILES
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -348,7 +349,7 @@ class PublishImageOperator(BaseOperator):
         if number is not None:
             name = numbered(name, number)
         try:
-            return checked_name(name, reserved=(MANIFEST_NAME,))
+            return checked_name(name, reserved=tuple(RUN_FILES))
         except PathRefused as exc:
             where = " (the job id the API returned)" if JOB_ID in pattern else ""
             raise AirflowFailException(f"{exc}{where}; nothing was written") from exc
@@ -410,11 +411,12 @@ class FinalizeRunOperator(BaseOperator):
         run_id = context["run_id"]
         dag_id = ti.dag_id
         files = [{**record, "dag_id": dag_id, "run_id": run_id} for record in records]
-        manifest_path = None
+        manifest_path = sheet_path = None
         if self.manifest:
             if not self.target:  # every image is stored, so prepare did run: its result was cleared since
                 raise AirflowFailException("the prepare task's target is gone; clear the whole run to publish again")
-            manifest_path = target_folder(self.target[FOLDER], self.conn_id) / MANIFEST_NAME
+            folder = target_folder(self.target[FOLDER], self.conn_id)
+            manifest_path, sheet_path = folder / MANIFEST_NAME, folder / CONTACT_SHEET_NAME
             document = {
                 "manifest_version": MANIFEST_VERSION,
                 "dag_id": dag_id,
@@ -425,15 +427,22 @@ class FinalizeRunOperator(BaseOperator):
                 "spend": spend_totals(spent, len(reused)),
                 "files": files,
             }
+            # The sheet first: once the manifest (what readers trust) is there, so is the sheet that shows it.
+            write_atomic(sheet_path, render_contact_sheet(document).encode())
             write_atomic(manifest_path, json.dumps(document, indent=2).encode())
-            self.log.info("wrote %s (%d files)", manifest_path, len(files))
+            self.log.info("wrote %s and %s (%d files)", manifest_path, sheet_path.name, len(files))
         context["outlet_events"][Asset(self.asset)].extra = {
             "run_id": run_id,
             "manifest": str(manifest_path) if manifest_path else None,
             "files": [f["file"] for f in files],
             "job_ids": sorted({f["job_id"] for f in files}),
         }
-        return {"manifest": str(manifest_path) if manifest_path else None, "files": len(files), "jobs": len(jobs)}
+        return {
+            "manifest": str(manifest_path) if manifest_path else None,
+            "contact_sheet": str(sheet_path) if sheet_path else None,
+            "files": len(files),
+            "jobs": len(jobs),
+        }
 
     def _record_spend(
         self, context: Context, published: set[str], reused: int, *, published_run: bool

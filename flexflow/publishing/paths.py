@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flexflow.spec.checks import PATH_SYNTAX_RULE, has_path_syntax
+from flexflow.spec.checks import (
+    MAX_NAME_BYTES,
+    PATH_SYNTAX_RULE,
+    RUN_FILES,
+    has_path_syntax,
+)
 
-#: The file the run writes beside its images; no image may take its name.
-MANIFEST_NAME = "manifest.json"
-#: One path segment on every file system and object store flexflow writes to.
-MAX_NAME_BYTES = 255
 #: Where ``{job_id}`` goes before the job exists: as long as the API's ids (UUIDs), so lengths are real.
 JOB_ID_STAND_IN = "0" * 36
 JOB_ID = "{job_id}"
@@ -183,7 +184,7 @@ def planned_target(
     names: dict[str, dict[str, str]] = {}
     for file in files:
         name = substituted(pattern, {"image": file.image, "variant": file.variant, "ext": file.ext})
-        checked_name(substituted(name, {"job_id": JOB_ID_STAND_IN}), reserved=(MANIFEST_NAME,))
+        checked_name(substituted(name, {"job_id": JOB_ID_STAND_IN}), reserved=tuple(RUN_FILES))
         names.setdefault(file.image, {})[file.variant] = name
     unique_names(name for by_variant in names.values() for name in by_variant.values())
     return {"folder": folder, "names": names}

@@ -250,6 +250,10 @@ _BRACES = re.compile(r"{([^{}]*)}")
 _UNSAFE_CHARACTER = re.compile(r"[\x00-\x1f\x7f\\\u2028\u2029]")
 MAX_NAME_BYTES = 255
 MANIFEST_NAME = "manifest.json"
+#: The run's HTML contact sheet, written beside the manifest (the gallery and the review link to it).
+CONTACT_SHEET_NAME = "index.html"
+#: The files a run writes beside its images, by what they are; no image may take their names.
+RUN_FILES = {MANIFEST_NAME: "manifest", CONTACT_SHEET_NAME: "contact sheet"}
 
 
 def _filename(filename: str, images: int, has_variants: bool, manifest: bool) -> Iterator[Finding]:
@@ -270,8 +274,8 @@ def _filename(filename: str, images: int, has_variants: bool, manifest: bool) ->
         yield path, "a file name cannot contain control characters (a newline, a tab, NUL)"
     elif (size := len(literal.encode())) > MAX_NAME_BYTES:
         yield path, f"a file name is at most {MAX_NAME_BYTES} bytes; this pattern's own text is {size} bytes"
-    elif manifest and plain == MANIFEST_NAME:
-        yield path, f"'{MANIFEST_NAME}' is the run's manifest; name the images otherwise (or set manifest: false)"
+    elif manifest and plain in RUN_FILES:
+        yield path, f"'{plain}' is the run's {RUN_FILES[plain]}; name the images otherwise (or set manifest: false)"
     elif "job_id" not in fields and (
         (images > 1 and "image" not in fields) or (has_variants and "variant" not in fields)
     ):
