@@ -440,6 +440,7 @@ class FinalizeRunOperator(BaseOperator):
         return {
             "manifest": str(manifest_path) if manifest_path else None,
             "contact_sheet": str(sheet_path) if sheet_path else None,
+            "conn_id": self.conn_id,  # what reads them back (the gallery) opens them with
             "files": len(files),
             "jobs": len(jobs),
         }
