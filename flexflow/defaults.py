@@ -40,6 +40,13 @@ RETRY_DELAY = timedelta(minutes=1)
 OWNER = "flexflow"
 FILENAME = "{image}{variant}.{ext}"
 MANIFEST = True
+#: ``publish.review``: "none" publishes as soon as every image is stored; "required" waits for a person.
+REVIEW = "none"
+#: Longest wait for that person, and the bounds a spec's ``publish.review_timeout`` must keep: at least a
+#: minute (a person has to see the request), at most 30 days (a run parked longer is forgotten).
+REVIEW_TIMEOUT = timedelta(days=3)
+MIN_REVIEW_TIMEOUT = timedelta(minutes=1)
+MAX_REVIEW_TIMEOUT = timedelta(days=30)
 CATCHUP = False
 #: Deployment limits (not spec keys): the shortest gap between two scheduled runs, the most jobs one run
 #: may submit. A deployment sets them with the environment variables below (read by ``deployment_limits``).
@@ -114,7 +121,7 @@ def shown(value: object) -> str:
     """A default as docs and error messages write it: durations like a spec does (``2s``, ``20m``)."""
     if isinstance(value, timedelta):
         seconds = int(value.total_seconds())
-        for unit, size in (("h", 3600), ("m", 60)):
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
             if seconds >= size and seconds % size == 0:
                 return f"{seconds // size}{unit}"
         return f"{seconds}s"

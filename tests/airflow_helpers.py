@@ -5,10 +5,21 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
+
+from airflow._shared.timezones import timezone
+from airflow.models import import_all_models
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.trigger import handle_event_submit
+from airflow.triggers.base import TriggerEvent
+from airflow.utils.session import create_session
+from sqlalchemy import select
+from sqlalchemy.orm import configure_mappers, joinedload
 
 from flexflow.publishing.paths import literal_prefix
 from flexflow.spec import Spec
@@ -61,3 +72,52 @@ def xcom(db: Path, dag_id: str, run_id: str, task_id: str, key: str = "return_va
         key,
     )
     return [json.loads(value) for (value,) in found]
+
+
+def ready_to_answer_from_a_thread() -> None:
+    """Load every Airflow model and configure their mappers now, in the calling thread: two threads that do
+    it lazily at once (``dag.test()`` and a responder) import half-initialised modules."""
+    import_all_models()
+    configure_mappers()
+
+
+def answer_review(
+    dag_id: str,
+    option: str,
+    reason: str = "",
+    *,
+    user: tuple[str, str] = ("reviewer", "Reviewer"),
+    task_id: str = "review",
+    seen: Callable[[str], dict[str, Any]] | None = None,
+    wait: float = 600.0,
+) -> dict[str, Any]:
+    """Answer a run's review task as Airflow's HITL REST API does, once it is parked waiting for input.
+
+    The same write as the API's ``update_hitl_detail``: the response on the task's HITL detail, then
+    Airflow's ``handle_event_submit`` resumes the task (``dag.test()`` or the scheduler runs it on). ``seen``
+    is called with the run id first, to look at what the run left while it waited.
+    """
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            ti = session.scalar(
+                select(TaskInstance)
+                .where(
+                    TaskInstance.dag_id == dag_id,
+                    TaskInstance.task_id == task_id,
+                    TaskInstance.state == "awaiting_input",
+                )
+                .options(joinedload(TaskInstance.hitl_detail))
+            )
+            if ti is not None and ti.hitl_detail is not None:
+                found = {"state_seen": str(ti.state), "run_id": ti.run_id, **(seen(ti.run_id) if seen else {})}
+                detail = ti.hitl_detail
+                detail.responded_by = {"id": user[0], "name": user[1]}
+                detail.responded_at = timezone.utcnow()
+                detail.chosen_options = [option]
+                detail.params_input = {"reason": reason}
+                session.add(detail)
+                handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
+                return found
+        time.sleep(0.2)
+    raise AssertionError(f"{dag_id}: no {task_id} task waited for input within {wait} s")

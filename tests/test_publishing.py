@@ -31,7 +31,7 @@ from flexflow.client.results import MAX_REDIRECTS, DownloadError, download_image
 from flexflow.contract import apply_defaults, output_size
 from flexflow.emulator import EmulatorServer
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
-from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator, published_jobs
+from flexflow.publishing.operators import MANIFEST_NAME, PublishImageOperator
 from flexflow.publishing.paths import (
     PathRefused,
     PlannedFile,
@@ -44,6 +44,7 @@ from flexflow.publishing.paths import (
     substituted,
     unique_names,
 )
+from flexflow.publishing.records import published_jobs
 from flexflow.publishing.reuse import REUSE_DIR
 from flexflow.publishing.store import write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV

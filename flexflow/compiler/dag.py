@@ -23,13 +23,21 @@ from flexflow.compiler.layout import (
     task_layout,
 )
 from flexflow.publishing.operators import FinalizeRunOperator, PreparePublishOperator, PublishImageOperator
+from flexflow.publishing.review import ReviewRunOperator
 from flexflow.spec.model import Spec
 from flexflow.spec.problems import SpecProblem
 
 INVALID_TAG = "invalid"
 OPERATORS: dict[str, type[BaseOperator]] = {
     cls.__name__: cls
-    for cls in (PreparePublishOperator, FluxFlexOperator, FluxJobSensor, PublishImageOperator, FinalizeRunOperator)
+    for cls in (
+        PreparePublishOperator,
+        FluxFlexOperator,
+        FluxJobSensor,
+        PublishImageOperator,
+        ReviewRunOperator,
+        FinalizeRunOperator,
+    )
 }
 
 
@@ -41,6 +49,8 @@ def compile_spec(spec: Spec) -> DAG:
         built = {prepare.task_id: prepare}
         for group in layout.groups:
             built.update((task.task_id, task) for task in _group(group, built))
+        if layout.review is not None:
+            built[layout.review.task_id] = _operator(layout.review, built, {})
         _operator(layout.finalize, built, {})
     return dag
 

@@ -23,7 +23,7 @@ from flexflow.spec.checks import template_params
 from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.templates import TEMPLATE_FILTERS
 
-PREPARE, SUBMIT, WAIT, PUBLISH, FINALIZE = "prepare", "submit", "wait", "publish", "finalize"
+PREPARE, SUBMIT, WAIT, PUBLISH, REVIEW, FINALIZE = "prepare", "submit", "wait", "publish", "review", "finalize"
 #: Every DAG flexflow compiles carries this tag.
 FLEXFLOW_TAG = "flexflow"
 #: The fields of a variant record, the arguments of a mapped image group.
@@ -48,7 +48,7 @@ class FromVariant:
 @dataclass(frozen=True)
 class PlannedTask:
     task_id: str  # the full id, ``<image>.<step>`` inside a group
-    kind: str  # prepare | submit | wait | publish | finalize
+    kind: str  # prepare | submit | wait | publish | review | finalize
     operator: str
     arguments: Mapping[str, Any]  # constructor arguments; FromTask/FromVariant values are filled at run time
     upstream: tuple[str, ...]
@@ -73,35 +73,48 @@ class Layout:
     dag_arguments: Mapping[str, Any]  # of Airflow's DAG(...)
     prepare: PlannedTask
     groups: tuple[PlannedGroup, ...]
+    review: PlannedTask | None  # with ``publish.review: required``
     finalize: PlannedTask
 
     @property
     def tasks(self) -> list[PlannedTask]:
-        return [self.prepare, *(task for group in self.groups for task in group.tasks), self.finalize]
+        review = [self.review] if self.review else []
+        return [self.prepare, *(task for group in self.groups for task in group.tasks), *review, self.finalize]
 
 
 def task_layout(spec: Spec) -> Layout:
     groups = tuple(_image_group(spec, image) for image in spec.images)
     publishes = tuple(group.tasks[-1].task_id for group in groups)
-    finalize = PlannedTask(
-        FINALIZE,
-        FINALIZE,
-        "FinalizeRunOperator",
-        {
-            "publish_task_ids": list(publishes),
-            "expected_files": spec.job_count,
-            "target": FromTask(PREPARE),  # the folder prepare rendered once, not a second rendering
-            "conn_id": spec.publish.conn_id,
-            "asset": spec.publish.asset,
-            "manifest": spec.publish.manifest,
-            "jobs": _ledger_jobs(spec),  # what each job spent goes to the ledger, published or not
-            "ledger_root": literal_prefix(spec.publish.to),
-        },
-        (PREPARE, *publishes),
-        None,
-        None,
-    )
-    return Layout(_dag_arguments(spec), _prepare(spec), groups, finalize)
+    review = _review(spec, publishes) if spec.publish.review else None
+    arguments: dict[str, Any] = {
+        "publish_task_ids": list(publishes),
+        "expected_files": spec.job_count,
+        "target": FromTask(PREPARE),  # the folder prepare rendered once, not a second rendering
+        "conn_id": spec.publish.conn_id,
+        "asset": spec.publish.asset,
+        "manifest": spec.publish.manifest,
+        "jobs": _ledger_jobs(spec),  # what each job spent goes to the ledger, published or not
+        "ledger_root": literal_prefix(spec.publish.to),
+    }
+    if review is not None:  # finalize promotes what the review approved, and indexes it for reuse
+        arguments["review_task_id"] = REVIEW
+        if spec.reuse:
+            arguments["reuse_root"] = literal_prefix(spec.publish.to)
+    upstream = (PREPARE, *publishes, *([REVIEW] if review else []))
+    finalize = PlannedTask(FINALIZE, FINALIZE, "FinalizeRunOperator", arguments, upstream, None, None)
+    return Layout(_dag_arguments(spec), _prepare(spec), groups, review, finalize)
+
+
+def _review(spec: Spec, publishes: tuple[str, ...]) -> PlannedTask:
+    """The approval between the staged images and finalize: Airflow's human-in-the-loop task."""
+    arguments = {
+        "publish_task_ids": list(publishes),
+        "expected_files": spec.job_count,
+        "target": FromTask(PREPARE),
+        "conn_id": spec.publish.conn_id,
+        "response_timeout": spec.publish.review_timeout,
+    }
+    return PlannedTask(REVIEW, REVIEW, "ReviewRunOperator", arguments, (PREPARE, *publishes), None, None)
 
 
 def _ledger_jobs(spec: Spec) -> list[dict[str, Any]]:
@@ -147,6 +160,8 @@ def _prepare(spec: Spec) -> PlannedTask:
         ]
     if spec.budget is not None or spec.reuse:  # where the publish root's ledger and index are read
         arguments["conn_id"] = spec.publish.conn_id
+    if spec.publish.review:  # the images are stored in a staging folder until approved
+        arguments["review"] = True
     return PlannedTask(PREPARE, PREPARE, "PreparePublishOperator", arguments, (), None, None)
 
 

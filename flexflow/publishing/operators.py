@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from flexflow.publishing.paths import (
     planned_target,
     substituted,
 )
+from flexflow.publishing.records import published_jobs, stored_records
 from flexflow.publishing.reuse import (
     Lookup,
     ReuseRefused,
@@ -46,7 +48,8 @@ from flexflow.publishing.reuse import (
     record_published,
     reused_image,
 )
-from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.publishing.review import Decision, staging_folder
+from flexflow.publishing.store import promote, target_folder, write_atomic
 from flexflow.spec.budget import jobs_estimate
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME, RUN_FILES
 
@@ -58,8 +61,9 @@ __all__ = ["MANIFEST_NAME", "FinalizeRunOperator", "PreparePublishOperator", "Pu
 MANIFEST_VERSION = 1
 #: How many earlier images ``prepare`` looks up at once (hashing releases the GIL; object stores answer slowly).
 REUSE_LOOKUPS_AT_ONCE = 8
-#: What the prepare task returns, which publish and finalize read: the folder and each job's file name.
-FOLDER, NAMES = "folder", "names"
+#: What the prepare task returns, which publish and finalize read: the folder and each job's file name, and
+#: with a review the staging folder the publish tasks store into.
+FOLDER, NAMES, STAGING = "folder", "names", "staging"
 
 
 class PreparePublishOperator(BaseOperator):
@@ -82,6 +86,8 @@ class PreparePublishOperator(BaseOperator):
         ``reusable`` XCom for the submit tasks to skip and the publish tasks to copy, and costs nothing
         against the budget (:mod:`flexflow.publishing.reuse`)
     :param conn_id: storage connection for remote targets (where earlier images are looked up)
+    :param review: the run's images wait for an approval: they are stored in a staging folder under the
+        target (:mod:`flexflow.publishing.review`), named in the result
     """
 
     template_fields: Sequence[str] = ("to", "filename", "requests")
@@ -98,10 +104,12 @@ class PreparePublishOperator(BaseOperator):
         budget: Mapping[str, Any] | None = None,
         requests: Sequence[Mapping[str, Any]] | None = None,
         conn_id: str | None = None,
+        review: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)
         super().__init__(**kwargs)
+        self.review = review
         self.to = to
         self.root = root
         self.filename = filename
@@ -126,6 +134,9 @@ class PreparePublishOperator(BaseOperator):
             ledger = dag_ledger(self.root, self.conn_id, context["ti"].dag_id)
             day = enforce_budget(self.budget, context, ledger, cost)
             self.log.info("within budget: %d credits, $%.2f for this DAG's runs of the day", day.credits, day.usd)
+        if self.review:
+            target[STAGING] = staging_folder(target[FOLDER], context["run_id"])
+            self.log.info("staging %d file(s) in %s for review", len(files), target[STAGING])
         self.log.info("publishing %d file(s) to %s", len(files), target[FOLDER])
         return target
 
@@ -203,7 +214,7 @@ class PublishImageOperator(BaseOperator):
             records = self._copy_published(digest)
         else:
             records = self._store_job(JobOutcome.from_stored(self.job), digest, context)
-        if self.reuse_root is not None:
+        if self.reuse_root is not None and STAGING not in self.target:  # staged files are indexed once promoted
             index = record_published(self.reuse_root, self.conn_id, digest, records, self.dag_id, context["run_id"])
             self.log.info("indexed for reuse in %s", index)
         return records
@@ -212,7 +223,7 @@ class PublishImageOperator(BaseOperator):
         flux = self.request["fluxParams"]
         if not outcome.images:
             raise AirflowFailException(self._paid_but_lost(outcome, "empty: it returned no images", context))
-        folder = target_folder(self.target[FOLDER], self.conn_id)
+        folder = self._folder()
         names = self._names(outcome.job_id, len(outcome.images))
         # Every image of the job is downloaded and checked before any is stored: a job publishes whole.
         images = [self._download(url, number, outcome, flux, context) for number, url in enumerate(outcome.images, 1)]
@@ -247,7 +258,7 @@ class PublishImageOperator(BaseOperator):
                 f"{self._which()}: {exc} after the prepare task checked it; nothing was written. Clear this run "
                 "from its prepare task: it looks again, and a picture it cannot reuse is submitted (one job)"
             ) from exc
-        folder = target_folder(self.target[FOLDER], self.conn_id)
+        folder = self._folder()
         job_id = str(files[0]["job_id"])
         records = []
         for file, name, image in zip(files, self._names(job_id, len(files)), images, strict=True):
@@ -257,6 +268,10 @@ class PublishImageOperator(BaseOperator):
             record = self._record(str(target), name, image, (job_id, int(file["index"]), len(files), 0), digest)
             records.append({**record, "reused_from": file["file"]})
         return records
+
+    def _folder(self) -> ObjectStoragePath:
+        """Where this run's images go: the target, or with a review its staging folder."""
+        return target_folder(self.target.get(STAGING) or self.target[FOLDER], self.conn_id)
 
     def _download(
         self, url: str, number: int, outcome: JobOutcome, flux: Mapping[str, Any], context: Context
@@ -377,6 +392,8 @@ class FinalizeRunOperator(BaseOperator):
         manifest: bool = True,
         jobs: Sequence[Mapping[str, Any]] = (),
         ledger_root: str | None = None,
+        review_task_id: str | None = None,
+        reuse_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
@@ -393,21 +410,32 @@ class FinalizeRunOperator(BaseOperator):
         # recorded in the ledger under ``ledger_root`` (the literal part of publish.to), published or not.
         self.jobs = [dict(job) for job in jobs]
         self.ledger_root = ledger_root
+        # With a review: the task whose answer decides, and the root whose reuse index records promoted files.
+        self.review_task_id = review_task_id
+        self.reuse_root = reuse_root
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        records = [record for task_id in self.publish_task_ids for record in self._published(ti, task_id)]
+        records = stored_records(ti, self.publish_task_ids)
         jobs = published_jobs(records)
+        missing = self.expected_jobs - len(jobs)
+        decision = None if self.review_task_id is None else Decision.from_result(ti.xcom_pull(self.review_task_id))
+        publishing = missing <= 0 and (self.review_task_id is None or (decision is not None and decision.approved))
         reused = {(r["image"], r["variant"]) for r in records if r.get("reused_from")} & jobs.keys()
         paid = {job_id for key, job_id in jobs.items() if key not in reused}
-        spent = self._record_spend(context, paid, len(reused), published_run=len(jobs) >= self.expected_jobs)
-        missing = self.expected_jobs - len(jobs)
+        spent = self._record_spend(
+            context, paid if publishing else set(), len(reused) if publishing else 0, published_run=publishing
+        )
         if missing > 0:
             stored = "\n".join(f"  {r['file']}" for r in records) or "  (none)"
             raise AirflowFailException(
                 f"{missing} of {self.expected_jobs} jobs did not publish all their images, "
                 f"so no manifest was written and no Asset event sent. Files this run did store:\n{stored}"
             )
+        if not publishing:
+            raise AirflowFailException(self._not_approved(decision, spent))
+        if self.review_task_id is not None:
+            records = self._promote(records, context)
         run_id = context["run_id"]
         dag_id = ti.dag_id
         files = [{**record, "dag_id": dag_id, "run_id": run_id} for record in records]
@@ -444,6 +472,52 @@ class FinalizeRunOperator(BaseOperator):
             "files": len(files),
             "jobs": len(jobs),
         }
+
+    def _not_approved(self, decision: Decision | None, spent: Sequence[JobSpend]) -> str:
+        """Why nothing was published, what the run spent anyway, and how to publish its images after all."""
+        staging = (self.target or {}).get(STAGING, "the staging folder")
+        credits = sum(job.credits for job in spent)
+        if decision is None:
+            what = (
+                f"The review task `{self.review_task_id}` ended without an answer (it timed out, or failed: "
+                "see its log)"
+            )
+        else:
+            what = f"The run's images were {decision.said()}" + (f" at {decision.at}" if decision.at else "")
+        return (
+            f"{what}. Nothing was published: no image moved into the target, no manifest, no Asset event. "
+            f"The run's {len(spent)} job(s) cost {credits} credits (recorded in the ledger); its images stay in "
+            f"{staging}. To publish them after all, clear `{self.review_task_id}` and approve: nothing is "
+            "submitted or billed again."
+        )
+
+    def _promote(self, records: list[dict[str, Any]], context: Context) -> list[dict[str, Any]]:
+        """The approved files moved from the staging folder into the target, each whole; then indexed for reuse."""
+        if not self.target:
+            raise AirflowFailException("the prepare task's target is gone; clear the whole run to publish again")
+        folder = target_folder(self.target[FOLDER], self.conn_id)
+
+        def moved(record: dict[str, Any]) -> dict[str, Any]:
+            target = folder / record["name"]
+            promote(target_folder(record["file"], self.conn_id), target, record["sha256"])
+            return {**record, "file": str(target)}
+
+        # One copy per file on an object store: side by side, as the reuse lookups are.
+        with ThreadPoolExecutor(max_workers=REUSE_LOOKUPS_AT_ONCE) as pool:
+            promoted = list(pool.map(moved, records))
+        self.log.info("promoted %d approved file(s) into %s", len(promoted), folder)
+        staging = target_folder(self.target[STAGING], self.conn_id)
+        for name in RUN_FILES:  # the staged manifest and sheet: they showed the images where they were
+            (staging / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a local folder, now empty; object stores have no folders
+            staging.rmdir()
+        if self.reuse_root is not None:
+            by_request: dict[str, list[dict[str, Any]]] = {}
+            for record in promoted:
+                by_request.setdefault(record["request_sha256"], []).append(record)
+            for digest, files in by_request.items():
+                record_published(self.reuse_root, self.conn_id, digest, files, self.dag_id, context["run_id"])
+        return promoted
 
     def _record_spend(
         self, context: Context, published: set[str], reused: int, *, published_run: bool
@@ -492,12 +566,6 @@ class FinalizeRunOperator(BaseOperator):
     def expected_jobs(self) -> int:
         return self.expected_files
 
-    @staticmethod
-    def _published(ti: Any, task_id: str) -> list[dict[str, Any]]:
-        """Every record a publish task returned: each of its (mapped) instances returned a list."""
-        per_instance = ti.xcom_pull(task_ids=[task_id]) or []
-        return [record for records in per_instance if records for record in records]
-
 
 def run_day(context: Context) -> date:
     """The UTC day a run is counted on: its logical date, or when it was queued or started (manual runs)."""
@@ -506,21 +574,3 @@ def run_day(context: Context) -> date:
         if when is not None:
             return when.astimezone(UTC).date()
     return datetime.now(UTC).date()
-
-
-def published_jobs(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
-    """The run's jobs, ``(image, variant)``, every one of whose images is stored (``index`` 1..``job_images``,
-    each exactly once), with the id of the job that made them.
-
-    Keyed by the run's job, not the API's: two jobs of a run may reuse one published picture. A record of a
-    version before ``job_images`` counts for its job's one image.
-    """
-    indexes: dict[tuple[str, str], list[int]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    job_ids: dict[tuple[str, str], str] = {}
-    for record in records:
-        job = (str(record["image"]), str(record.get("variant", "")))
-        indexes.setdefault(job, []).append(int(record.get("index", 1)))
-        counts[job] = int(record.get("job_images", 1))
-        job_ids[job] = str(record["job_id"])
-    return {job: job_ids[job] for job, seen in indexes.items() if sorted(seen) == list(range(1, counts[job] + 1))}

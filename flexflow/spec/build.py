@@ -44,6 +44,8 @@ def build_spec(data: Mapping[str, Any], text: str, file: str) -> model.Spec:
             filename=publish.get("filename", fallback.FILENAME),
             manifest=publish.get("manifest", fallback.MANIFEST),
             asset=publish.get("asset", f"flexflow://{dag_id}"),
+            review=publish.get("review", fallback.REVIEW) == "required",
+            review_timeout=_duration(publish.get("review_timeout"), fallback.REVIEW_TIMEOUT),
         ),
         budget=_budget(data.get("budget")),
     )

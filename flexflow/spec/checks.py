@@ -19,7 +19,7 @@ from croniter import croniter
 from jinja2 import nodes
 
 from flexflow.contract.schema import Problem
-from flexflow.defaults import deployment_limits
+from flexflow.defaults import MAX_REVIEW_TIMEOUT, MIN_REVIEW_TIMEOUT, deployment_limits, shown
 from flexflow.spec.airflow_rules import schedule_problem, start_date_problem
 from flexflow.spec.durations import parse_duration
 from flexflow.spec.schema import DURATION_KEYS, PLACEHOLDERS, SCHEDULE_PRESETS
@@ -174,6 +174,31 @@ def _publish(data: Mapping[str, Any], images: int, has_variants: bool) -> Iterat
     if isinstance(filename, str):
         yield from _filename(filename, images, has_variants, publish.get("manifest") is not False)
     yield from _path_params(data, [t for t in (to, filename) if isinstance(t, str)])
+    yield from _review_timeout(publish)
+
+
+def _review_timeout(publish: Mapping[str, Any]) -> Iterator[Finding]:
+    """Bounded so that the approval's deadline is a real date, and only beside the review it times."""
+    text = publish.get("review_timeout")
+    if not isinstance(text, str):
+        return
+    path: KeyPath = ("publish", "review_timeout")
+    if publish.get("review") != "required":
+        yield path, "has no effect without review: required"
+        return
+    try:
+        timeout = parse_duration(text)
+    except ValueError as exc:
+        yield path, str(exc)
+        return
+    if not MIN_REVIEW_TIMEOUT <= timeout <= MAX_REVIEW_TIMEOUT:
+        yield (
+            path,
+            (
+                f"the review waits from {shown(MIN_REVIEW_TIMEOUT)} to {shown(MAX_REVIEW_TIMEOUT)}; "
+                f"{text} is {'too short' if timeout < MIN_REVIEW_TIMEOUT else 'too long'}"
+            ),
+        )
 
 
 #: Why a param's value may not be part of a path.

@@ -77,6 +77,8 @@ class PublishSpec:
     filename: str
     manifest: bool
     asset: str
+    review: bool  # publish.review: required
+    review_timeout: timedelta
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ DURATION_PATTERN = (
     r"^(?:(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+|P(?!$)(?:\d+D)?(?:T(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$"
 )
 #: The settings written as durations (parsed by flexflow.spec.durations).
-DURATION_KEYS = ("retry_delay", "timeout", "poll_interval")
+DURATION_KEYS = ("retry_delay", "timeout", "poll_interval", "review_timeout")
 HTTPS_URL_PATTERN = r"^https://[^\s/?#.][^\s]*$"
 PLACEHOLDERS = ("image", "variant", "ext", "job_id")
 #: An Airflow pool name as flexflow takes it: Airflow stores up to 256 characters; flexflow keeps them plain.
 POOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,256}$"
+#: ``publish.review``'s values: no review, or an approval before anything is published.
+REVIEW_MODES = ("none", "required")
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
 
@@ -145,6 +147,20 @@ def _publish() -> dict[str, Any]:
                 "minLength": 1,
                 "description": "URI of the Airflow Asset updated when the run has published (default flexflow://<dag_id>).",
             },
+            "review": {
+                "enum": list(REVIEW_MODES),
+                "default": defaults.REVIEW,
+                "description": (
+                    "required: the finished images wait in a staging folder under the target, with their contact "
+                    "sheet, until a person approves them in Airflow (Required Actions); approved, they are moved "
+                    "into the target, then the manifest and the Asset event; rejected, nothing is published."
+                ),
+            },
+            "review_timeout": _duration(
+                "Longest wait for the approval (with review: required); then nothing is published.",
+                defaults.REVIEW_TIMEOUT,
+                "2d",
+            ),
         },
     }
 
