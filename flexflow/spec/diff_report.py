@@ -129,7 +129,7 @@ def render_markdown(found: Diff) -> str:
         f"{found.count('unchanged')} unchanged, {sum(1 for s in found.specs if s.invalid)} invalid",
         "",
         f"<sub>Runs per month: the schedule's fire times in {REFERENCE_YEAR} (UTC) / 12; manual and @once: 0. "
-        "USD at each spec's budget price, else the default, as `flexflow plan` shows it.</sub>",
+        "USD at each spec's budget price, else the default, as flexflow plan shows it.</sub>",
     ]
     for spec in found.shown:
         lines += ["", "<details>", f"<summary><b>{_md(spec.dag_id)}</b>: {spec.status}</summary>", ""]
@@ -162,8 +162,9 @@ def _md_change(change: Change) -> str:
 def _md(text: str) -> str:
     """``text`` as Markdown that shows exactly it: entities for & < >, a backslash before all other
     punctuation, ``<br>`` for line breaks, invisible characters spelled out."""
-    shown = visible(text, keep="\n\r").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _LINE_BREAK.sub("<br>", _MARKDOWN_SPECIAL.sub(r"\\\1", shown))
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", visible(text, keep="\n\r"))  # first: the entities' ; stays bare
+    escaped = escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _LINE_BREAK.sub("<br>", escaped)
 
 
 def _arrow(before: object, after: object) -> str:
