@@ -21,7 +21,7 @@ from flexflow.text import visible
 MARKDOWN_MARKER = "<!-- flexflow-diff -->"
 _SIGNS = {"added": "+", "removed": "-", "changed": "~", "invalid": "!"}
 #: Every ASCII punctuation character CommonMark lets a backslash escape, but & < > (written as entities).
-_MARKDOWN_SPECIAL = re.compile(r"""([\\`*_{}\[\]()#+\-.!|~"'$%,/:;=?@^])""")
+_MARKDOWN_SPECIAL = re.compile(r"""([\\`*_{}\[\]()#+\-.!|~"'$:@^])""")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -29,7 +29,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def render_text(found: Diff) -> str:
-    lines = [f"flexflow diff {_side_name(found, 'base')} -> {_side_name(found, 'head')}"]
+    lines = [
+        f"flexflow diff {_t(_side_name(found, 'base'))} -> {_t(_side_name(found, 'head'))} ({_t(_folders(found))})"
+    ]
     if not found.shown:
         lines.append(f"no changes ({found.count('unchanged')} spec(s) unchanged)")
     for spec in found.shown:
@@ -94,6 +96,8 @@ def render_markdown(found: Diff) -> str:
         MARKDOWN_MARKER,
         f"### flexflow diff: {_md(_side_name(found, 'base'))} → {_md(_side_name(found, 'head'))}",
         "",
+        _md(_folders(found)),
+        "",
     ]
     if found.has_invalid:
         lines += ["**Invalid specs: this change cannot be merged as it is (details below).**", ""]
@@ -128,7 +132,7 @@ def render_markdown(found: Diff) -> str:
         f"{found.count('added')} added, {found.count('removed')} removed, {found.count('changed')} changed, "
         f"{found.count('unchanged')} unchanged, {sum(1 for s in found.specs if s.invalid)} invalid",
         "",
-        f"<sub>Runs per month: the schedule's fire times in {REFERENCE_YEAR} (UTC) / 12; manual and @once: 0. "
+        f"<sub>Runs per month: the schedule's fire times in {REFERENCE_YEAR} (UTC) / 12; manual and \\@once: 0. "
         "USD at each spec's budget price, else the default, as flexflow plan shows it.</sub>",
     ]
     for spec in found.shown:
@@ -187,8 +191,15 @@ def _value(value: Any) -> str:
 
 def _side_name(found: Diff, which: str) -> str:
     side = found.base if which == "base" else found.head
-    name = side.label + (f" ({side.commit[:12]})" if side.commit else "")
-    return f"{name}:{side.folder}" + ("" if side.exists else " (no specs folder)")
+    return side.label + (f" ({side.commit[:12]})" if side.commit else "")
+
+
+def _folders(found: Diff) -> str:
+    """The specs folder of each side (one, when they are the same), and a side that has none."""
+    base, head = found.base, found.head
+    shown = base.folder if base.folder == head.folder else f"{base.folder}, {head.folder}"
+    missing = [f"none in {side.label}" for side in (base, head) if not side.exists]
+    return f"specs: {shown}" + (f" ({'; '.join(missing)})" if missing else "")
 
 
 def _files(spec: SpecDiff) -> str:
