@@ -174,6 +174,7 @@ def test_every_kind_of_change_between_two_revisions(repo: Path, capsys: pytest.C
         "added": 1,
         "removed": 1,
         "changed": 1,
+        "fixed": 0,
         "unchanged": 0,
         "invalid": 0,
         "usd_per_month": None,
@@ -451,6 +452,35 @@ def test_an_invalid_spec_is_shown_and_exits_1(repo: Path, capsys: pytest.Capture
     code, out, _ = diff(capsys, "v1", "main")
     assert code == 1
     assert "! beta (invalid; specs/beta.yaml)" in out and "invalid in head (specs/beta.yaml):" in out
+
+
+def test_a_spec_invalid_in_base_only_is_fixed_or_removed_not_an_error(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pull request that repairs (or deletes) a spec broken on main must not fail its check."""
+    commit(repo, {"specs/beta.yaml": BETA.replace("prompt: \"Beta\"", "prompt: 42")}, "break beta on main")
+    git(repo, "tag", "broken")
+    commit(repo, {"specs/beta.yaml": BETA}, "repair beta")
+    code, report = diff_json(capsys, "broken", "main")
+    assert code == 2 and report["invalid"] is False
+    beta = by_id(report)["beta"]
+    assert beta["status"] == "fixed" and [p["side"] for p in beta["invalid"]] == ["base"]
+    assert report["summary"]["fixed"] == 1 and report["summary"]["invalid"] == 0
+    commit(repo, {"specs/beta.yaml": None}, "delete beta")
+    code, report = diff_json(capsys, "broken", "main")
+    assert code == 2 and by_id(report)["beta"]["status"] == "removed"
+    # The other way round, the change breaks it: exit 1.
+    code, report = diff_json(capsys, "v1", "broken")
+    assert code == 1 and by_id(report)["beta"]["status"] == "invalid"
+
+
+def test_markdown_shows_an_invalid_spec(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commit(repo, {"specs/beta.yaml": BETA.replace("version: 1", "version: 7")}, "break beta")
+    code, out, _ = diff(capsys, "v1", "main", "--format", "markdown")
+    assert code == 1
+    assert "**Invalid specs: this change cannot be merged as it is (details below).**" in out
+    assert "| invalid | beta |" in out
+    assert "- **invalid in head** (specs/beta\\.yaml):" in out
 
 
 def test_a_duplicate_dag_id_is_invalid(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

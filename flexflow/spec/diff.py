@@ -13,7 +13,7 @@ on today's date.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -209,12 +209,17 @@ def money(amount: Decimal) -> str:
 @dataclass(frozen=True)
 class SpecDiff:
     dag_id: str
-    status: str  # added | removed | changed | unchanged | invalid
+    #: added | removed | changed | unchanged; invalid (in head); fixed (invalid in base only, valid in head)
+    status: str
     files: tuple[str | None, str | None]  # the file on each side (a rename is shown, not counted)
     changes: tuple[Change, ...] = ()
     images: tuple[ImageDiff, ...] = ()
     spend: tuple[Spend, Spend] = (NO_SPEND, NO_SPEND)
     invalid: tuple[tuple[str, Invalid], ...] = ()  # (side, the file's problems): side is base or head
+
+    @property
+    def invalid_in_head(self) -> bool:
+        return any(side == "head" for side, _ in self.invalid)
 
     def to_json(self) -> dict[str, Any]:
         base, head = self.spend
@@ -252,7 +257,6 @@ class Diff:
     base: Side
     head: Side
     specs: tuple[SpecDiff, ...]  # every dag_id of either side, sorted; unchanged ones too
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def shown(self) -> tuple[SpecDiff, ...]:
@@ -260,11 +264,12 @@ class Diff:
 
     @property
     def has_changes(self) -> bool:
-        return any(s.status in ("added", "removed", "changed") for s in self.specs)
+        return any(s.status in ("added", "removed", "changed", "fixed") for s in self.specs)
 
     @property
     def has_invalid(self) -> bool:
-        return any(s.invalid for s in self.specs)
+        """A spec of HEAD does not validate (one invalid in BASE only is a fix, shown as ``fixed``)."""
+        return any(s.invalid_in_head for s in self.specs)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.specs if s.status == status)
@@ -288,7 +293,8 @@ class Diff:
                 "removed": self.count("removed"),
                 "changed": self.count("changed"),
                 "unchanged": self.count("unchanged"),
-                "invalid": sum(1 for s in self.specs if s.invalid),
+                "fixed": self.count("fixed"),
+                "invalid": self.count("invalid"),
                 "usd_per_month": {"base": money(before), "head": money(after), "delta": money(after - before)},
                 "runs_per_month": f"fire times in {REFERENCE_YEAR} (UTC) / 12; manual and @once: 0",
             },
@@ -301,7 +307,7 @@ def _side_json(side: Side) -> dict[str, Any]:
 
 
 def diff(base: Side, head: Side) -> Diff:
-    """Every dag_id of either side: added, removed, changed, unchanged, or invalid on a side."""
+    """Every dag_id of either side: added, removed, changed, unchanged, invalid in HEAD, or fixed."""
     bad: dict[str, list[tuple[str, Invalid]]] = {}
     for name, side in (("base", base), ("head", head)):
         for item in side.invalid:
@@ -312,12 +318,16 @@ def diff(base: Side, head: Side) -> Diff:
         files = (old.path if old else None, new.path if new else None)
         spend = (spend_of(old), spend_of(new))
         if dag_id in bad:
-            status = "invalid"
             files = (
                 files[0] or next((i.file for s, i in bad[dag_id] if s == "base"), None),
                 files[1] or next((i.file for s, i in bad[dag_id] if s == "head"), None),
             )
-            found.append(SpecDiff(dag_id, status, files, spend=spend, invalid=tuple(bad[dag_id])))
+            problems = tuple(bad[dag_id])
+            if any(side == "head" for side, _ in problems):
+                found.append(SpecDiff(dag_id, "invalid", files, spend=spend, invalid=problems))
+            else:  # invalid in base only: the change fixes it (or removes it), which must not fail the diff
+                status, images = ("fixed", _images(None, new)) if new is not None else ("removed", ())
+                found.append(SpecDiff(dag_id, status, files, (), images, spend, problems))
         elif old is None and new is not None:
             found.append(SpecDiff(dag_id, "added", files, (), _images(None, new), spend))
         elif new is None and old is not None:

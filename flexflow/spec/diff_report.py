@@ -19,7 +19,7 @@ from flexflow.text import visible
 
 #: The first line of the Markdown: a CI step can find (and update) its own earlier comment by it.
 MARKDOWN_MARKER = "<!-- flexflow-diff -->"
-_SIGNS = {"added": "+", "removed": "-", "changed": "~", "invalid": "!"}
+_SIGNS = {"added": "+", "removed": "-", "changed": "~", "fixed": "~", "invalid": "!"}
 #: Every ASCII punctuation character CommonMark lets a backslash escape, but & < > (written as entities).
 _MARKDOWN_SPECIAL = re.compile(r"""([\\`*_{}\[\]()#+\-.!|~"'$:@^])""")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -75,11 +75,17 @@ def _spend_lines(base: Spend, head: Spend) -> list[str]:
 
 def _summary_line(found: Diff) -> str:
     before, after = found.monthly_usd()
-    invalid = sum(1 for s in found.specs if s.invalid)
+    return (
+        f"{_counts(found)} | expected spend per month: ${money(before)} -> ${money(after)} ({_signed(after - before)})"
+    )
+
+
+def _counts(found: Diff) -> str:
+    fixed = found.count("fixed")
     return (
         f"{found.count('added')} added, {found.count('removed')} removed, {found.count('changed')} changed, "
-        f"{found.count('unchanged')} unchanged, {invalid} invalid | expected spend per month: "
-        f"${money(before)} -> ${money(after)} ({_signed(after - before)})"
+        + (f"{fixed} fixed, " if fixed else "")
+        + f"{found.count('unchanged')} unchanged, {found.count('invalid')} invalid"
     )
 
 
@@ -128,9 +134,7 @@ def render_markdown(found: Diff) -> str:
         lines.append("")
     lines += [
         f"**Expected spend per month: {_md(f'${money(before)}')} → {_md(f'${money(after)}')}"
-        f" ({_md(_signed(after - before))})** · "
-        f"{found.count('added')} added, {found.count('removed')} removed, {found.count('changed')} changed, "
-        f"{found.count('unchanged')} unchanged, {sum(1 for s in found.specs if s.invalid)} invalid",
+        f" ({_md(_signed(after - before))})** · {_counts(found)}",
         "",
         f"<sub>Runs per month: the schedule's fire times in {REFERENCE_YEAR} (UTC) / 12; manual and \\@once: 0. "
         "USD at each spec's budget price, else the default, as flexflow plan shows it.</sub>",
