@@ -6,6 +6,7 @@ nothing depends on today's date: runs per month are counted in the fixed year 20
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 
 from flexflow.cli import main
-from flexflow.spec.diff import runs_per_month, runs_per_year
+from flexflow.spec import load_spec
+from flexflow.spec.diff import image_values, runs_per_month, runs_per_year, spec_values
 from flexflow.spec.diff_report import MARKDOWN_MARKER
+from flexflow.spec.model import ImageSpec, Spec
 from flexflow.spec.sources import SourceError, resolve_commit, specs_path
 
 ALPHA = """\
@@ -458,7 +461,7 @@ def test_a_spec_invalid_in_base_only_is_fixed_or_removed_not_an_error(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A pull request that repairs (or deletes) a spec broken on main must not fail its check."""
-    commit(repo, {"specs/beta.yaml": BETA.replace("prompt: \"Beta\"", "prompt: 42")}, "break beta on main")
+    commit(repo, {"specs/beta.yaml": BETA.replace('prompt: "Beta"', "prompt: 42")}, "break beta on main")
     git(repo, "tag", "broken")
     commit(repo, {"specs/beta.yaml": BETA}, "repair beta")
     code, report = diff_json(capsys, "broken", "main")
@@ -522,3 +525,17 @@ def test_outside_a_repository_a_revision_is_an_error(
     monkeypatch.chdir(tmp_path)
     code, _, err = diff(capsys, "main")
     assert code == 1 and "not in a git repository" in err
+
+
+# -- nothing a spec says escapes the comparison -----------------------------------------------------
+
+
+def test_every_field_of_the_model_is_compared() -> None:
+    """A new spec or image key must be added to what diff compares, or it would change unseen."""
+    spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "spring_social_refresh.yaml")
+    compared = {key.split(".")[0] for key in spec_values(spec)}
+    not_compared = {"path", "source", "digest", "dag_id", "images", "extras"}  # identity, text, images apart
+    assert {f.name for f in dataclasses.fields(Spec)} - not_compared <= compared
+    assert "budget" in compared and "params" in compared and "publish" in compared
+    compared = {key.split(".")[0] for key in image_values(spec.images[0])}
+    assert {f.name for f in dataclasses.fields(ImageSpec)} - {"name", "variants"} <= compared

@@ -342,10 +342,10 @@ def diff(base: Side, head: Side) -> Diff:
 
 def spec_changes(old: Spec, new: Spec) -> Iterator[Change]:
     """The spec-level values that differ (images aside), every default applied."""
-    yield from _changed(_spec_values(old), _spec_values(new))
+    yield from _changed(spec_values(old), spec_values(new))
 
 
-def _spec_values(spec: Spec) -> dict[str, Any]:
+def spec_values(spec: Spec) -> dict[str, Any]:
     values: dict[str, Any] = {
         "description": spec.description,
         "schedule": spec.schedule,
@@ -369,7 +369,7 @@ def _spec_values(spec: Spec) -> dict[str, Any]:
     return values
 
 
-def _image_values(image: ImageSpec) -> dict[str, Any]:
+def image_values(image: ImageSpec) -> dict[str, Any]:
     values: dict[str, Any] = {
         "prompt": image.prompt,
         "variant_keys": image.variant_keys,
@@ -396,7 +396,7 @@ def _images(old: Spec | None, new: Spec | None) -> tuple[ImageDiff, ...]:
         elif now is None and was is not None:
             found.append(ImageDiff(name, "removed", jobs=jobs))
         elif was is not None and now is not None:
-            changes = tuple(_changed(_image_values(was), _image_values(now)))
+            changes = tuple(_changed(image_values(was), image_values(now)))
             variants = _variants(was, now)
             if changes or variants:
                 found.append(ImageDiff(name, "changed", changes, variants, jobs))
