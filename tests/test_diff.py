@@ -539,3 +539,16 @@ def test_every_field_of_the_model_is_compared() -> None:
     assert "budget" in compared and "params" in compared and "publish" in compared
     compared = {key.split(".")[0] for key in image_values(spec.images[0])}
     assert {f.name for f in dataclasses.fields(ImageSpec)} - {"name", "variants"} <= compared
+
+
+def test_a_revision_s_symlinks_and_oversized_files_are_not_read(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "specs/link.yaml").symlink_to("beta.yaml")
+    (repo / "specs/huge.yaml").write_text("# " + "x" * 1_100_000 + "\n")
+    (repo / "specs/.hidden.yaml").write_text("not: a spec")
+    commit(repo, {}, "a link, a huge file and a hidden one")
+    code, report = diff_json(capsys, "v1", "main")
+    assert code == 1
+    problems = {p["file"]: p["problems"][0]["message"] for s in report["specs"] for p in s["invalid"]}
+    assert problems.keys() == {"specs/link.yaml", "specs/huge.yaml"}, "hidden files are skipped"
+    assert "symlink" in problems["specs/link.yaml"]
+    assert problems["specs/huge.yaml"].startswith("the file is larger than 1,000,000 bytes (1,100,003)")

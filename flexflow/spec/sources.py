@@ -86,7 +86,7 @@ def revision_texts(revision: str, root: Path, specs: PurePosixPath) -> SpecTexts
         return SpecTexts(revision, commit, folder, exists=False)  # no specs folder in that revision
     if kind != "tree":
         raise SourceError(f"{folder} is a file in {revision}, not a folder of specs")
-    files: dict[str, bytes] = {}
+    wanted: dict[str, str] = {}  # the file as shown -> its blob id
     unreadable: dict[str, str] = {}
     listing = _git(["ls-tree", "-r", "-l", "-z", tree], root)
     for entry in filter(None, listing.split(b"\0")):
@@ -104,8 +104,27 @@ def revision_texts(revision: str, root: Path, specs: PurePosixPath) -> SpecTexts
                 f"the file is larger than {MAX_BYTES:,} bytes ({int(size):,}); a spec is a few kilobytes"
             )
         else:
-            files[shown] = _git(["cat-file", "blob", obj], root)
+            wanted[shown] = obj
+    files = dict(zip(wanted, _blobs(list(wanted.values()), root), strict=True))
     return SpecTexts(revision, commit, folder, True, files, unreadable)
+
+
+def _blobs(objects: list[str], root: Path) -> list[bytes]:
+    """The contents of these blob ids, in order, from one ``git cat-file --batch`` (not one git per file)."""
+    if not objects:
+        return []
+    out = _git(["cat-file", "--batch"], root, ("\n".join(objects) + "\n").encode())
+    found: list[bytes] = []
+    at = 0
+    for obj in objects:
+        end = out.index(b"\n", at)
+        header = out[at:end].decode().split()
+        if header[:2] != [obj, "blob"]:
+            raise SourceError(f"git cat-file answered {' '.join(header)!r} for blob {obj}")
+        size = int(header[2])
+        found.append(out[end + 1 : end + 1 + size])
+        at = end + 1 + size + 1  # the content, then a line feed
+    return found
 
 
 def folder_texts(label: str, top: Path, specs: PurePosixPath, shown_top: str) -> SpecTexts:
@@ -127,7 +146,7 @@ def folder_texts(label: str, top: Path, specs: PurePosixPath, shown_top: str) ->
     return SpecTexts(label, None, shown_folder, True, files, unreadable)
 
 
-def _git(args: list[str], cwd: Path) -> bytes:
+def _git(args: list[str], cwd: Path, stdin: bytes | None = None) -> bytes:
     """git's output, or :class:`SourceError` with what it said; never through a shell, no pager, no prompts."""
     git = shutil.which("git")
     if git is None:
@@ -136,6 +155,7 @@ def _git(args: list[str], cwd: Path) -> bytes:
         done = subprocess.run(  # noqa: S603 (a list of arguments, no shell; a revision never starts with '-')
             [git, "--no-pager", *args],
             cwd=cwd,
+            input=stdin,
             capture_output=True,
             check=False,
             timeout=GIT_TIMEOUT_SECONDS,
