@@ -541,8 +541,13 @@ def test_every_field_of_the_model_is_compared() -> None:
     assert {f.name for f in dataclasses.fields(ImageSpec)} - {"name", "variants"} <= compared
 
 
-def test_a_revision_s_symlinks_and_oversized_files_are_not_read(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (repo / "specs/link.yaml").symlink_to("beta.yaml")
+def test_a_revision_s_symlinks_are_followed_inside_it_big_files_not_read(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "specs/link.yaml").symlink_to("/etc/passwd")
+    (repo / "shared").mkdir()
+    (repo / "shared/gamma.yaml").write_text(GAMMA)
+    (repo / "specs/gamma.yaml").symlink_to("../shared/gamma.yaml")  # as a checkout reads it: the target
     (repo / "specs/huge.yaml").write_text("# " + "x" * 1_100_000 + "\n")
     (repo / "specs/.hidden.yaml").write_text("not: a spec")
     commit(repo, {}, "a link, a huge file and a hidden one")
@@ -550,5 +555,7 @@ def test_a_revision_s_symlinks_and_oversized_files_are_not_read(repo: Path, caps
     assert code == 1
     problems = {p["file"]: p["problems"][0]["message"] for s in report["specs"] for p in s["invalid"]}
     assert problems.keys() == {"specs/link.yaml", "specs/huge.yaml"}, "hidden files are skipped"
-    assert "symlink" in problems["specs/link.yaml"]
+    assert "a symlink to '/etc/passwd', outside the repository" in problems["specs/link.yaml"]
+    assert by_id(report)["gamma"]["status"] == "added"
+    assert by_id(report)["gamma"]["spend"]["head"]["per_run"]["credits"] == 20
     assert problems["specs/huge.yaml"].startswith("the file is larger than 1,000,000 bytes (1,100,003)")

@@ -8,13 +8,14 @@ hostile one (``--output=/etc/x``) can never be read as an option.
 
 The files chosen are those :func:`flexflow.spec.folder.find_spec_files` would list in a checkout of the
 revision: ``*.yaml`` and ``*.yml`` under the specs folder, none in a hidden folder or hidden itself, each
-read up to the spec size limit. Symlinks and submodules in a revision are not specs there (a link's
-target is not in the tree).
+read up to the spec size limit. A committed symlink is read as a checkout would read it: the file it
+points to within the same commit (a link out of the repository leads nowhere, and is reported).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ from flexflow.spec.yaml_source import MAX_BYTES
 #: The longest any one git call may take (a huge repository's ls-tree is well under it).
 GIT_TIMEOUT_SECONDS = 120
 _BLOB_MODES = ("100644", "100755")
+_LINK_MODE = "120000"
+#: Symlinks followed from one spec file before it is given up on (a cycle ends here too).
+MAX_LINK_HOPS = 8
 
 
 class SourceError(FlexflowError):
@@ -97,8 +101,14 @@ def revision_texts(revision: str, root: Path, specs: PurePosixPath) -> SpecTexts
         if entry_type != "blob" or not name.endswith(SPEC_SUFFIXES) or any(p.startswith(".") for p in relative.parts):
             continue
         shown = (specs / relative).as_posix()
-        if mode not in _BLOB_MODES:
-            unreadable[shown] = "a symlink in git, not a spec file; commit the spec itself"
+        if mode == _LINK_MODE:  # read as a checkout would: the file it points to, inside the tree
+            followed = _follow_link(commit, specs / relative, obj, root)
+            if isinstance(followed, str):
+                unreadable[shown] = followed
+                continue
+            obj, size = followed
+        if mode not in (*_BLOB_MODES, _LINK_MODE):
+            unreadable[shown] = f"not a regular file in git (mode {mode})"
         elif int(size) > MAX_BYTES:
             unreadable[shown] = (
                 f"the file is larger than {MAX_BYTES:,} bytes ({int(size):,}); a spec is a few kilobytes"
@@ -107,6 +117,27 @@ def revision_texts(revision: str, root: Path, specs: PurePosixPath) -> SpecTexts
             wanted[shown] = obj
     files = dict(zip(wanted, _blobs(list(wanted.values()), root), strict=True))
     return SpecTexts(revision, commit, folder, True, files, unreadable)
+
+
+def _follow_link(commit: str, link: PurePosixPath, obj: str, root: Path) -> tuple[str, str] | str:
+    """The blob id and size a committed symlink leads to within the commit, or why it leads nowhere."""
+    for _ in range(MAX_LINK_HOPS):
+        target = _blobs([obj], root)[0].decode("utf-8", errors="replace")
+        path = posixpath.normpath(posixpath.join(link.parent.as_posix(), target))
+        if target.startswith("/") or path == ".." or path.startswith("../") or "\0" in target:
+            return f"a symlink to {target!r}, outside the repository: a revision holds no such file"
+        listing = _git(["ls-tree", "-l", "-z", commit, "--", path], root)
+        entry = listing.split(b"\0")[0]
+        meta, _, name = entry.partition(b"\t")
+        if not entry or name.decode("utf-8", errors="replace") != path:
+            return f"a symlink to {path}, which is not in this revision"
+        mode, entry_type, obj, size = meta.decode().split(maxsplit=3)
+        if entry_type != "blob":
+            return f"a symlink to {path}, which is not a file"
+        if mode in _BLOB_MODES:
+            return obj, size
+        link = PurePosixPath(path)
+    return f"a chain of more than {MAX_LINK_HOPS} symlinks"
 
 
 def _blobs(objects: list[str], root: Path) -> list[bytes]:
@@ -172,5 +203,6 @@ def _git(args: list[str], cwd: Path, stdin: bytes | None = None) -> bytes:
 def _git_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_LITERAL_PATHSPECS"] = "1"  # a path is a path: ':(glob)...' and '*' mean nothing
     env["LC_ALL"] = "C"
     return env
