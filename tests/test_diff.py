@@ -491,6 +491,11 @@ def test_a_duplicate_dag_id_is_invalid(repo: Path, capsys: pytest.CaptureFixture
     code, report = diff_json(capsys, "v1", "main")
     assert code == 1
     assert {p["file"] for p in by_id(report)["beta"]["invalid"]} == {"specs/beta.yaml", "specs/copy.yaml"}
+    texts = {p["problems"][0]["text"] for p in by_id(report)["beta"]["invalid"]}
+    assert texts == {
+        "specs/beta.yaml:2:1: dag_id: 'beta' is also the dag_id of specs/copy.yaml",
+        "specs/copy.yaml:2:1: dag_id: 'beta' is also the dag_id of specs/beta.yaml",
+    }
 
 
 def test_bad_revisions_exit_1(repo: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from flexflow.spec.model import ImageSpec, Spec, thawed
 from flexflow.spec.pipeline import parse_spec
 from flexflow.spec.problems import SpecError, SpecProblem
 from flexflow.spec.sources import SpecTexts
+from flexflow.spec.yaml_source import load
 
 #: The year whose fire times define a schedule's runs per month (a year of 365 days, starting on a Thursday).
 REFERENCE_YEAR = 2026
@@ -119,7 +120,8 @@ def load_side(texts: SpecTexts) -> Side:
         for spec in same:
             others = ", ".join(s.path for s in same if s is not spec)
             message = f"dag_id: '{dag_id}' is also the dag_id of {others}"
-            invalid.append(Invalid(dag_id, spec.path, (SpecProblem(spec.path, 1, 1, message, "dag_id"),)))
+            line, column = load(spec.source)[1].of(("dag_id",))  # where flexflow validate puts it
+            invalid.append(Invalid(dag_id, spec.path, (SpecProblem(spec.path, line, column, message, "dag_id"),)))
     return Side(texts.label, texts.commit, texts.folder, texts.exists, specs, tuple(invalid))
 
 

@@ -43,7 +43,7 @@ def render_text(found: Diff) -> str:
 
 
 def _text_spec(spec: SpecDiff) -> list[str]:
-    lines = [f"{_SIGNS[spec.status]} {spec.dag_id} ({spec.status}; {_files(spec)})"]
+    lines = [f"{_SIGNS[spec.status]} {_t(spec.dag_id)} ({spec.status}; {_t(_files(spec))})"]
     for side, bad in spec.invalid:
         lines.append(f"    invalid in {side} ({_t(bad.file)}):")
         lines.extend(f"      {_t(str(problem))}" for problem in bad.problems)
