@@ -1,4 +1,4 @@
-"""The ``flexflow`` command: validate, schema, plan, run, emulator, report, pool."""
+"""The ``flexflow`` command: validate, schema, plan, diff, run, emulator, report, pool."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from flexflow.compiler.layout import described, task_layout
 from flexflow.contract import output_size
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.schema import request_schema
-from flexflow.contract.sizes import billed_megapixels
 from flexflow.defaults import (
     MAX_JOBS_PER_RUN_ENV,
     MAX_PRICE_PER_MEGAPIXEL,
@@ -41,6 +40,10 @@ DEFAULT_HOME = Path(".flexflow/airflow-home")
 #: The price ``flexflow plan`` estimates with unless told (a spec's budget has its own).
 DEFAULT_PRICE_PER_MEGAPIXEL = PRICE_PER_MEGAPIXEL
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+#: ``flexflow diff``, as ``terraform plan -detailed-exitcode``: 0 no changes, 2 changes, 1 any error
+#: (its usage errors too: a CI step reading 2 as "changes" must never mistake a typo for one).
+EXIT_DIFF_CHANGES, EXIT_DIFF_ERROR = 2, 1
+DEFAULT_SPECS = "specs"
 
 
 class PlanTask(TypedDict):
@@ -100,7 +103,8 @@ def _plan(args: argparse.Namespace) -> int:
     price = _plan_price(args.price_per_megapixel, spec)
     cap = deployment_limits().max_jobs_per_run  # the deployment's, which validation held the spec to
     jobs = spec.jobs()
-    billed = sum(billed_megapixels(flux) for _, _, flux in jobs)
+    cost = budget.estimate(spec, price)  # the one estimate: `flexflow diff` and the budget checks use it too
+    billed = cost.billed_megapixels
     tasks = [
         PlanTask(
             task_id=t.task_id,
@@ -134,8 +138,9 @@ def _plan(args: argparse.Namespace) -> int:
         "max_jobs_per_run": cap,
         "megapixels_per_run": spec.megapixels,
         "billed_megapixels_per_run": billed,
+        "credits_per_run": cost.credits,
         "price_per_megapixel": str(price),
-        "estimated_cost_per_run": str(price * billed),
+        "estimated_cost_per_run": str(cost.usd),
         "budget": _plan_budget(spec),
         "reuse": spec.reuse,
     }
@@ -159,7 +164,7 @@ def _plan(args: argparse.Namespace) -> int:
     )
     print(
         f"\njobs per run: {len(jobs)} | output megapixels: {spec.megapixels:g} | billed megapixels: {billed}"
-        f" | estimated cost per run: ${price * billed:.2f} (at ${price} per megapixel)"
+        f" | estimated cost per run: ${cost.usd:.2f} (at ${price} per megapixel)"
     )
     print(_reuse_line(spec))
     planned = _plan_budget(spec)
@@ -176,10 +181,8 @@ def _reuse_line(spec: Spec) -> str:
 
 
 def _plan_price(given: str | None, spec: Spec) -> Decimal:
-    """The flag's price, else the spec's budget's, else the default."""
-    if given is not None:
-        return Decimal(given)
-    return spec.budget.price_per_megapixel if spec.budget else DEFAULT_PRICE_PER_MEGAPIXEL
+    """The flag's price, else the spec's budget's, else the default (:func:`budget.price_of`, as `diff` prices)."""
+    return budget.price_of(spec, None if given is None else Decimal(given))
 
 
 def _plan_budget(spec: Spec) -> dict[str, Any] | None:
@@ -245,6 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(handler=_plan)
 
+    diff = commands.add_parser(
+        "diff",
+        help="what changes between two revisions (or folders) of the specs, and the spend it changes",
+        description=(
+            "Compare the specs of BASE and HEAD (git revisions or folders; HEAD defaults to the working tree)."
+            " Exit 0: no changes; 2: changes; 1: an error (an invalid spec on either side, a bad revision,"
+            " bad usage), as `terraform plan -detailed-exitcode`."
+        ),
+    )
+    diff.add_argument("base", metavar="BASE", help="a git revision (branch, tag, commit) or a folder")
+    diff.add_argument("head", metavar="HEAD", nargs="?", help="a git revision or a folder (default: the working tree)")
+    diff.add_argument(
+        "--specs",
+        default=DEFAULT_SPECS,
+        metavar="PATH",
+        help=f"the specs folder, relative to the repository root or to each folder given (default {DEFAULT_SPECS})",
+    )
+    diff.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    diff.set_defaults(handler=_diff)
+
     emulator = commands.add_parser("emulator", help="run the local Apiframe API emulator")
     add_emulator_arguments(emulator)
     emulator.set_defaults(handler=serve)
@@ -290,6 +313,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pool.set_defaults(handler=_pool)
     return parser
+
+
+def _diff(args: argparse.Namespace) -> int:
+    # Only for this command: git and the diff's rendering.
+    from flexflow.spec.diff import diff, load_side
+    from flexflow.spec.diff_report import render_json, render_markdown
+    from flexflow.spec.diff_report import render_text as render_diff_text
+    from flexflow.spec.sources import SourceError, SpecTexts, folder_texts, repository_root, revision_texts, specs_path
+
+    def side(given: str | None) -> SpecTexts:
+        specs = specs_path(args.specs)
+        if given is None:
+            return folder_texts("working tree", repository_root(Path.cwd()), specs, "")
+        if Path(given).is_dir():
+            return folder_texts(given, Path(given), specs, given)
+        return revision_texts(given, repository_root(Path.cwd()), specs)
+
+    try:
+        base, head = side(args.base), side(args.head)
+    except SourceError as exc:
+        print(f"flexflow diff: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if not base.exists and not head.exists:
+        print(f"flexflow diff: neither side has a specs folder {args.specs!r}; give --specs", file=sys.stderr)
+        return EXIT_INVALID
+    found = diff(load_side(base), load_side(head))
+    render = {"json": render_json, "markdown": render_markdown, "text": render_diff_text}[args.format]
+    print(render(found))
+    if found.has_invalid:
+        return EXIT_DIFF_ERROR
+    return EXIT_DIFF_CHANGES if found.has_changes else EXIT_OK
 
 
 def _add_price_argument(parser: argparse.ArgumentParser, help: str, *, default: str | None) -> None:
@@ -397,7 +451,13 @@ def _home(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # a usage error exits 2 (SystemExit), after argparse explains it
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)  # a usage error exits 2 (SystemExit), after argparse explains it
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and _command_of(argv) == "diff":
+            return EXIT_DIFF_ERROR  # for diff, 2 means "changes": a usage error must not read as one
+        raise
     try:
         return int(args.handler(args))
     except FlexflowError as exc:
@@ -406,6 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `flexflow plan ... | head`: the reader has all it wanted
         sys.stderr.close()
         return EXIT_OK
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 if __name__ == "__main__":

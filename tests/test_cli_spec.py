@@ -355,6 +355,7 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert plan["jobs_per_run"] == 6
     assert plan["megapixels_per_run"] == 11
     assert plan["billed_megapixels_per_run"] == 15
+    assert plan["credits_per_run"] == 75, "5 credits per billed megapixel (a reference image bills one)"
     assert plan["price_per_megapixel"] == "0.05"  # the default
     assert Decimal(plan["estimated_cost_per_run"]) == Decimal("0.75")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from flexflow.contract.params import JsonScalar
 from flexflow.contract.sizes import billed_megapixels, credit_cost
+from flexflow.defaults import PRICE_PER_MEGAPIXEL
 from flexflow.spec.model import BudgetSpec, Spec
 
 #: The caps, in the order they are checked and shown; ``_run`` caps one run, ``_day`` a UTC day of runs.
@@ -61,6 +62,21 @@ NOTHING = Estimate(0, 0, 0, Decimal(0))
 def estimate(spec: Spec, price: Decimal) -> Estimate:
     """Every job of one run at its resolution: billed megapixels, credits, and USD at ``price``."""
     return jobs_estimate((flux for _, _, flux in spec.jobs()), price)
+
+
+def price_of(spec: Spec, given: Decimal | None = None) -> Decimal:
+    """The price a spec's runs are estimated at: ``given`` (a flag), else its budget's, else the default.
+
+    ``flexflow plan`` and ``flexflow diff`` both price with this, so their figures agree.
+    """
+    if given is not None:
+        return given
+    return spec.budget.price_per_megapixel if spec.budget else PRICE_PER_MEGAPIXEL
+
+
+def run_estimate(spec: Spec, given: Decimal | None = None) -> Estimate:
+    """One run of ``spec`` at :func:`price_of` its price: what ``flexflow plan`` and ``flexflow diff`` show."""
+    return estimate(spec, price_of(spec, given))
 
 
 def jobs_estimate(jobs: Iterable[Mapping[str, JsonScalar]], price: Decimal) -> Estimate:

@@ -96,10 +96,24 @@ def claimed_dag_id(file: Path) -> str | None:
     The file is read as a spec is (bounded, regular files only), so a FIFO or a huge file costs nothing.
     """
     try:
-        match = _DAG_ID_LINE.search(read_spec_text(file).decode("utf-8", errors="replace"))
+        return claimed_dag_id_in(read_spec_text(file).decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         return None
+
+
+def claimed_dag_id_in(text: str) -> str | None:
+    """:func:`claimed_dag_id` of a spec's text (``flexflow diff`` reads specs from git, not from files)."""
+    match = _DAG_ID_LINE.search(text)
     return match.group(1) if match else None
+
+
+def lenient_dag_id_in(text: str, name: str) -> str:
+    """:func:`lenient_dag_id` of a spec's text, ``name`` standing for its file's name."""
+    claimed = claimed_dag_id_in(text)
+    if claimed and not _dag_id_findings(claimed):
+        return claimed
+    stem = _NOT_KEY.sub("_", Path(name).stem)[:DAG_ID_MAX].removesuffix(INVALID_SUFFIX)
+    return stem or "unnamed_spec"
 
 
 def lenient_dag_id(file: Path) -> str:
