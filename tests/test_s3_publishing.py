@@ -24,10 +24,10 @@ from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.publishing.paths import PathRefused, checked_folder
-from flexflow.publishing.reuse import REUSE_DIR
+from flexflow.publishing.reuse import REUSE_DIR, find_published, record_published
 from flexflow.publishing.store import fresh_listing, promote, url_of, write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
-from tests.airflow_helpers import load_module, task_states, xcom
+from tests.airflow_helpers import load_module, rows, task_states, xcom
 from tests.conftest import ROOT as REPOSITORY
 from tests.conftest import SECRET_KEY, EmulatedAirflow
 from tests.s3_helpers import SECRET, S3Bucket
@@ -100,11 +100,14 @@ def key_of(bucket: S3Bucket, url: str) -> str:
     return url.removeprefix(bucket.url())
 
 
-def assert_no_secret(bucket: S3Bucket, output: str) -> None:
-    """Neither the AWS secret nor the API key is in what the runs printed or in any object of the bucket."""
+def assert_no_secret(bucket: S3Bucket, output: str, db: Path) -> None:
+    """Neither the AWS secret nor the API key is in what the runs printed, in XCom or in any object of the bucket."""
     assert output, "the runs' output was captured"
+    xcoms = [str(value) for (value,) in rows(db, "SELECT value FROM xcom WHERE dag_id = ?", DAG_ID)]
+    assert xcoms, "the runs' XComs are there to search"
     for secret in (SECRET, SECRET_KEY):
         assert secret not in output
+        assert not [value for value in xcoms if secret in value]
         for key in bucket.keys(prefix=""):
             assert secret.encode() not in bucket.get(key), key
 
@@ -163,7 +166,7 @@ def test_a_run_publishes_to_s3_and_an_unchanged_rerun_reuses_what_it_published(
     assert emulator.accounting()["submissions"] == JOBS
 
     assert not [key for key in bucket.keys(prefix="") if key.endswith(".partial")], "no temporary object, ever"
-    assert_no_secret(bucket, emulated_airflow.output())
+    assert_no_secret(bucket, emulated_airflow.output(), emulated_airflow.db)
 
 
 def test_a_partly_failed_run_leaves_its_stored_image_and_no_manifest_in_the_bucket(
@@ -180,7 +183,7 @@ def test_a_partly_failed_run_leaves_its_stored_image_and_no_manifest_in_the_buck
     assert "so no manifest was written and no Asset event sent" in output
     assert all(f"  {s3_bucket.url(key)}" in output for key in keys), "the stored files, by their URL"
     assert not [key for key in s3_bucket.keys(prefix="") if key.endswith(".partial")]
-    assert_no_secret(s3_bucket, output)
+    assert_no_secret(s3_bucket, output, emulated_airflow.db)
 
 
 def test_a_trigger_param_that_climbs_out_of_the_bucket_prefix_writes_nothing_and_submits_nothing(
@@ -272,6 +275,42 @@ def test_promote_moves_an_object_server_side_and_a_rerun_after_a_crash_finishes(
         promote(s3_path(s3_bucket, "staging/none.png"), s3_path(s3_bucket, "published/none.png"))
     with pytest.raises(ValueError, match="another kind of store"):
         promote(staged, ObjectStoragePath("file:///tmp/a.png"))
+
+
+def test_an_index_entry_in_the_bucket_is_reused_only_while_its_object_is_unchanged_and_under_the_root(
+    s3_bucket: S3Bucket,
+) -> None:
+    root, digest, data = s3_bucket.url("out/"), "ab" * 32, b"\x89PNG published image"
+    s3_bucket.put("out/run1/a.png", data)
+    s3_bucket.put("elsewhere/a.png", data)
+    record = {
+        "file": s3_bucket.url("out/run1/a.png"),
+        "name": "a.png",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "job_id": "job-1",
+        "index": 1,
+        "job_images": 1,
+    }
+    assert find_published(root, s3_bucket.conn_id, digest).files is None, "nothing indexed yet"
+    record_published(root, s3_bucket.conn_id, digest, [record], "dag", "run1")
+    assert s3_bucket.keys(f"out/{REUSE_DIR}/") == [f"out/{REUSE_DIR}/{digest}.json"]
+    assert find_published(root, s3_bucket.conn_id, digest).files == [record]
+
+    for planted in (
+        s3_bucket.url("elsewhere/a.png"),
+        s3_bucket.url("out/run1/../../elsewhere/a.png"),
+        f"s3://{s3_bucket.conn_id}@{s3_bucket.name}/elsewhere/a.png",
+        f"s3://{s3_bucket.name}-other/out/run1/a.png",
+    ):
+        record_published(root, s3_bucket.conn_id, digest, [{**record, "file": planted}], "dag", "run1")
+        assert find_published(root, s3_bucket.conn_id, digest).files is None, planted
+
+    record_published(root, s3_bucket.conn_id, digest, [record], "dag", "run1")
+    s3_bucket.put("out/run1/a.png", data + b"\0")  # changed behind flexflow's back
+    assert "changed" in find_published(root, s3_bucket.conn_id, digest).why
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="out/run1/a.png")
+    assert "gone" in find_published(root, s3_bucket.conn_id, digest).why
 
 
 def test_promote_renames_a_local_file_and_a_rerun_after_it_is_done(tmp_path: Path) -> None:
