@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 CONN_ID = "flexflow_s3"
 ACCESS_KEY = "AKIAFLEXFLOWTEST0001"
@@ -40,6 +38,8 @@ def _isolate_from_aws(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, for the session; its URL."""
+    from moto.server import ThreadedMotoServer  # here: a session that uses no bucket does not import moto
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     with pytest.MonkeyPatch.context() as monkeypatch:
         _isolate_from_aws(monkeypatch)
@@ -86,6 +86,8 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
         "extra": {"endpoint_url": s3_endpoint, "region_name": REGION},
     }
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
+    import boto3
+
     client = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,

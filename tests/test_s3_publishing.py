@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,11 @@ from flexflow.publishing.paths import PathRefused, checked_folder
 from flexflow.publishing.reuse import REUSE_DIR, find_published, record_published
 from flexflow.publishing.store import fresh_listing, promote, url_of, write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.checks import CONTACT_SHEET_NAME
 from tests.airflow_helpers import load_module, rows, task_states, xcom
 from tests.conftest import ROOT as REPOSITORY
 from tests.conftest import SECRET_KEY, EmulatedAirflow
 from tests.s3_helpers import SECRET, S3Bucket
-
-#: The bucket fixtures (``s3_endpoint``, ``s3_bucket``): moto's server on loopback.
-pytest_plugins = ["tests.s3_helpers"]
 
 DAG_ID = "flexflow_test_s3"
 FIRST, SECOND = (datetime(2026, 11, day, 6, tzinfo=UTC) for day in (2, 3))
@@ -95,6 +94,10 @@ def manifest(bucket: S3Bucket, dag_run: Any) -> dict[str, Any]:
     return json.loads(bucket.get(run_prefix(dag_run) + MANIFEST_NAME))  # type: ignore[no-any-return]
 
 
+def content_type(bucket: S3Bucket, key: str) -> str:
+    return str(bucket.client.head_object(Bucket=bucket.name, Key=key)["ContentType"])
+
+
 def key_of(bucket: S3Bucket, url: str) -> str:
     assert url.startswith(bucket.url()), f"{url} is a plain s3:// URL in the bucket (no connection id in it)"
     return url.removeprefix(bucket.url())
@@ -127,7 +130,12 @@ def test_a_run_publishes_to_s3_and_an_unchanged_rerun_reuses_what_it_published(
     document = manifest(bucket, first)
     names = sorted(record["name"] for record in document["files"])
     assert names == ["card_seed-2.png", "card_seed-3.png", "hero.png"]
-    assert bucket.keys(prefix) == sorted([*(prefix + name for name in names), prefix + MANIFEST_NAME])
+    run_files = [MANIFEST_NAME, CONTACT_SHEET_NAME]
+    assert bucket.keys(prefix) == sorted(prefix + name for name in [*names, *run_files])
+    sheet = bucket.get(prefix + CONTACT_SHEET_NAME).decode()
+    assert sorted(re.findall(r'<img src="([^"]+)"', sheet)) == names, "the sheet shows the images beside it"
+    assert content_type(bucket, prefix + CONTACT_SHEET_NAME) == "text/html; charset=utf-8", "a browser renders it"
+    assert {content_type(bucket, prefix + name) for name in names} == {"image/png"}
     for record in document["files"]:
         data = bucket.get(key_of(bucket, record["file"]))
         assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
@@ -136,6 +144,8 @@ def test_a_run_publishes_to_s3_and_an_unchanged_rerun_reuses_what_it_published(
             assert (image.format, image.size) == ("PNG", (record["width"], record["height"]))
     [finalized] = xcom(emulated_airflow.db, DAG_ID, first.run_id, "finalize")
     assert finalized["manifest"] == bucket.url(prefix + MANIFEST_NAME)
+    assert finalized["contact_sheet"] == bucket.url(prefix + CONTACT_SHEET_NAME)
+    assert finalized["conn_id"] == bucket.conn_id
 
     ledger = f"{LEDGER_DIR}/{DAG_ID}/{ledger_name(first.run_id)}"
     assert json.loads(bucket.get(f"out/{ledger}"))["totals"] == document["spend"]
@@ -178,7 +188,7 @@ def test_a_partly_failed_run_leaves_its_stored_image_and_no_manifest_in_the_buck
     published = [t for t, (s, _) in states.items() if ".publish" in t and s == "success"]
     assert len(published) == JOBS - 1, states
     keys = s3_bucket.keys(run_prefix(dag_run))
-    assert len(keys) == JOBS - 1 and not any(key.endswith(MANIFEST_NAME) for key in keys), keys
+    assert len(keys) == JOBS - 1 and all(key.endswith(".png") for key in keys), "no manifest, no contact sheet"
     output = emulated_airflow.output()
     assert "so no manifest was written and no Asset event sent" in output
     assert all(f"  {s3_bucket.url(key)}" in output for key in keys), "the stored files, by their URL"
@@ -232,6 +242,32 @@ def test_write_atomic_puts_the_object_whole_under_its_name_and_nothing_beside_it
         assert s3_bucket.get("run/a.png") == data
     assert s3_bucket.keys() == ["run/a.png"], "no temporary object, no folder marker"
     assert url_of(target) == s3_bucket.url("run/a.png") and s3_bucket.conn_id in str(target)
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_object_whole(s3_bucket: S3Bucket) -> None:
+    """The connection breaks during an upload larger than s3fs's block (5 MB): nothing new becomes readable."""
+    target = s3_path(s3_bucket, "run/big.png")
+    old, new = b"old image", bytes(range(256)) * (12 * 2**20 // 256)
+    write_atomic(target, old)
+    fs = target.fs
+    method_kwargs = fs._get_s3_method_kwargs
+    calls: list[str] = []
+
+    def breaking(method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every request s3fs makes passes here: from the second part (or a whole PUT) on, the connection breaks."""
+        calls.append(method.__name__)
+        if method.__name__ == "put_object" or (method.__name__ == "upload_part" and calls.count("upload_part") > 1):
+            raise ConnectionResetError("the connection broke mid-upload")
+        return method_kwargs(method, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fs, "_get_s3_method_kwargs", breaking)
+        with pytest.raises(OSError, match="mid-upload"):
+            write_atomic(target, new)
+    assert s3_bucket.get("run/big.png") == old
+    assert s3_bucket.keys() == ["run/big.png"]
+    uploads = s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", [])
+    assert uploads == [], "no multipart upload left open"
 
 
 def test_write_atomic_does_not_create_a_missing_bucket(s3_bucket: S3Bucket) -> None:

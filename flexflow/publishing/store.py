@@ -14,12 +14,14 @@ reader trusts only the files a manifest lists.
 
 from __future__ import annotations
 
+import mimetypes
 import uuid
 from pathlib import Path
 
 from airflow.sdk import ObjectStoragePath
 
 LOCAL_PROTOCOLS = ("file", "local", "")
+S3_PROTOCOLS = ("s3", "s3a")
 
 
 def target_folder(url: str, conn_id: str | None) -> ObjectStoragePath:
@@ -45,11 +47,15 @@ def write_atomic(target: ObjectStoragePath, data: bytes) -> None:
     """Local files: written under a temporary name, then renamed over the target (atomic on POSIX).
 
     Object stores (s3://, gs://) make an object visible only once its upload completes, so the
-    object is written directly; no folder is made (an object store has none, and s3fs's mkdir would
-    create a missing bucket). Either way a retry rewrites the same name: nothing is duplicated.
+    object is written directly, in one call that uploads it whole or not at all (s3fs: one PUT up to
+    100 MB, above that a multipart upload aborted on any error). No folder is made (an object store
+    has none, and s3fs's mkdir would create a missing bucket), and an S3 object gets the Content-Type
+    of its name, so a browser shows ``index.html`` and the images (through ``open("wb")`` every
+    object was ``binary/octet-stream``). Either way a retry rewrites the same name: nothing is
+    duplicated.
     """
     if not is_local(target):
-        target.write_bytes(data)
+        target.fs.pipe_file(target.path, data, **_upload_options(target))
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
@@ -59,6 +65,13 @@ def write_atomic(target: ObjectStoragePath, data: bytes) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _upload_options(target: ObjectStoragePath) -> dict[str, str]:
+    content_type, _ = mimetypes.guess_type(target.name)
+    if target.protocol in S3_PROTOCOLS and content_type is not None:
+        return {"ContentType": f"{content_type}; charset=utf-8" if content_type.startswith("text/") else content_type}
+    return {}
 
 
 def fresh_listing(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
