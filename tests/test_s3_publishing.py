@@ -226,6 +226,11 @@ def test_an_s3_target_stays_under_its_bucket_prefix(rendered: str) -> None:
 
 def test_an_s3_target_under_its_prefix_is_accepted() -> None:
     assert checked_folder("s3://bucket/out/spring/run_1/", "s3://bucket/out/") == "s3://bucket/out/spring/run_1"
+    # The bucket itself, as `flexflow validate` accepts it; a local target names a folder, never `/`.
+    assert checked_folder("s3://bucket", "s3://bucket") == checked_folder("s3://bucket/", "s3://") == "s3://bucket"
+    for root in ("file:///", "file://"):
+        with pytest.raises(PathRefused):
+            checked_folder("file:///", root)
 
 
 # -- the store's helpers on a bucket -----------------------------------------------------------------------------
