@@ -299,6 +299,7 @@ def test_promote_moves_an_object_server_side_and_a_rerun_after_a_crash_finishes(
     write_atomic(staged, data)
     promote(staged, final)
     assert s3_bucket.keys() == ["published/a.png"] and s3_bucket.get("published/a.png") == data
+    assert content_type(s3_bucket, "published/a.png") == "image/png", "the copy keeps what the upload set"
     promote(staged, final)  # run again after it finished: done already
     assert s3_bucket.keys() == ["published/a.png"]
 
@@ -314,8 +315,9 @@ def test_promote_moves_an_object_server_side_and_a_rerun_after_a_crash_finishes(
 
     with pytest.raises(FileNotFoundError):
         promote(s3_path(s3_bucket, "staging/none.png"), s3_path(s3_bucket, "published/none.png"))
-    with pytest.raises(ValueError, match="another kind of store"):
-        promote(staged, ObjectStoragePath("file:///tmp/a.png"))
+    for elsewhere in (ObjectStoragePath("file:///tmp/a.png"), ObjectStoragePath(s3_bucket.url("published/a.png"))):
+        with pytest.raises(ValueError, match="another store or connection"):
+            promote(staged, elsewhere)
 
 
 def test_an_index_entry_in_the_bucket_is_reused_only_while_its_object_is_unchanged_and_under_the_root(

@@ -98,8 +98,8 @@ def promote(source: ObjectStoragePath, target: ObjectStoragePath) -> None:
     there means it was promoted; a source still there beside a target with the same bytes (a crash
     between copy and delete) is deleted. Neither there: ``FileNotFoundError``.
     """
-    if source.protocol != target.protocol:
-        raise ValueError(f"cannot promote {url_of(source)} to {url_of(target)}: another kind of store")
+    if source.protocol != target.protocol or source.conn_id != target.conn_id:
+        raise ValueError(f"cannot promote {url_of(source)} to {url_of(target)}: another store or connection")
     if is_local(source):
         _promote_local(Path(source.path), Path(target.path))
         return
