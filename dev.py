@@ -102,6 +102,8 @@ def lock() -> None:
         "--extra",
         "dev",
         "--extra",
+        "s3",
+        "--extra",
         "deploy",
         "--output-file",
         LOCK,

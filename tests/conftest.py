@@ -18,6 +18,8 @@ from flexflow.client import AsyncFluxClient, FluxClient, RetryPolicy
 from flexflow.emulator import DEFAULT_TEST_KEY, EmulatorConfig, EmulatorServer
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The S3 fixtures (``s3_endpoint``, ``s3_bucket``: moto's S3 server on loopback), for the s3 publishing tests.
+pytest_plugins = ["tests.s3_helpers"]
 
 # Airflow reads its home when first imported: give the test session a private one before that.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="flexflow-test-airflow-"))

@@ -22,7 +22,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
-from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.publishing.store import fresh_listing, target_folder, url_of, write_atomic
 from flexflow.spec.budget import NOTHING, Estimate, has_day_caps, over
 
 if TYPE_CHECKING:
@@ -72,10 +72,8 @@ def enforce_budget(
 
 def read_reservations(folder: ObjectStoragePath) -> list[Any]:
     """Every reservation of the day; one that cannot be read refuses the run (money is not guessed at)."""
-    if not folder.exists():
-        return []
     records = []
-    for file in sorted(folder.iterdir(), key=str):
+    for file in fresh_listing(folder):
         if not file.name.endswith(".json"):
             continue
         try:
@@ -83,7 +81,7 @@ def read_reservations(folder: ObjectStoragePath) -> list[Any]:
             Estimate.from_dict(record["estimate"])
         except (ValueError, KeyError, TypeError) as exc:
             raise AirflowFailException(
-                f"nothing was submitted: {file} is not a budget reservation ({exc!r}), so the day's spend is "
+                f"nothing was submitted: {url_of(file)} is not a budget reservation ({exc!r}), so the day's spend is "
                 "unknown; delete or restore it"
             ) from exc
         records.append(record)

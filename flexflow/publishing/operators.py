@@ -49,7 +49,7 @@ from flexflow.publishing.reuse import (
     reused_image,
 )
 from flexflow.publishing.review import Decision, staging_folder
-from flexflow.publishing.store import promote, target_folder, write_atomic
+from flexflow.publishing.store import promote, target_folder, url_of, write_atomic
 from flexflow.spec.budget import jobs_estimate
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME, RUN_FILES
 
@@ -216,7 +216,7 @@ class PublishImageOperator(BaseOperator):
             records = self._store_job(JobOutcome.from_stored(self.job), digest, context)
         if self.reuse_root is not None and STAGING not in self.target:  # staged files are indexed once promoted
             index = record_published(self.reuse_root, self.conn_id, digest, records, self.dag_id, context["run_id"])
-            self.log.info("indexed for reuse in %s", index)
+            self.log.info("indexed for reuse in %s", url_of(index))
         return records
 
     def _store_job(self, outcome: JobOutcome, digest: str, context: Context) -> list[dict[str, Any]]:
@@ -233,10 +233,10 @@ class PublishImageOperator(BaseOperator):
             write_atomic(target, image.data)
             self.log.info(
                 "stored %s (%dx%d, %d bytes, sha256 %s)",
-                *(target, image.width, image.height, image.size_bytes, image.sha256),
+                *(url_of(target), image.width, image.height, image.size_bytes, image.sha256),
             )
             job = (outcome.job_id, number, len(images), outcome.credit_cost)
-            records.append(self._record(str(target), name, image, job, digest))
+            records.append(self._record(url_of(target), name, image, job, digest))
         return records
 
     def _copy_published(self, digest: str) -> list[dict[str, Any]]:
@@ -264,8 +264,8 @@ class PublishImageOperator(BaseOperator):
         for file, name, image in zip(files, self._names(job_id, len(files)), images, strict=True):
             target = folder / name
             write_atomic(target, image.data)
-            self.log.info("reused %s as %s (sha256 %s): nothing billed", file["file"], target, image.sha256)
-            record = self._record(str(target), name, image, (job_id, int(file["index"]), len(files), 0), digest)
+            self.log.info("reused %s as %s (sha256 %s): nothing billed", file["file"], url_of(target), image.sha256)
+            record = self._record(url_of(target), name, image, (job_id, int(file["index"]), len(files), 0), digest)
             records.append({**record, "reused_from": file["file"]})
         return records
 
@@ -458,16 +458,16 @@ class FinalizeRunOperator(BaseOperator):
             # The sheet first: once the manifest (what readers trust) is there, so is the sheet that shows it.
             write_atomic(sheet_path, render_contact_sheet(document).encode())
             write_atomic(manifest_path, json.dumps(document, indent=2).encode())
-            self.log.info("wrote %s and %s (%d files)", manifest_path, sheet_path.name, len(files))
+            self.log.info("wrote %s and %s (%d files)", url_of(manifest_path), sheet_path.name, len(files))
         context["outlet_events"][Asset(self.asset)].extra = {
             "run_id": run_id,
-            "manifest": str(manifest_path) if manifest_path else None,
+            "manifest": url_of(manifest_path) if manifest_path else None,
             "files": [f["file"] for f in files],
             "job_ids": sorted({f["job_id"] for f in files}),
         }
         return {
-            "manifest": str(manifest_path) if manifest_path else None,
-            "contact_sheet": str(sheet_path) if sheet_path else None,
+            "manifest": url_of(manifest_path) if manifest_path else None,
+            "contact_sheet": url_of(sheet_path) if sheet_path else None,
             "conn_id": self.conn_id,  # what reads them back (the gallery) opens them with
             "files": len(files),
             "jobs": len(jobs),
@@ -500,7 +500,7 @@ class FinalizeRunOperator(BaseOperator):
         def moved(record: dict[str, Any]) -> dict[str, Any]:
             target = folder / record["name"]
             promote(target_folder(record["file"], self.conn_id), target, record["sha256"])
-            return {**record, "file": str(target)}
+            return {**record, "file": url_of(target)}
 
         # One copy per file on an object store: side by side, as the reuse lookups are.
         with ThreadPoolExecutor(max_workers=REUSE_LOOKUPS_AT_ONCE) as pool:
@@ -536,7 +536,7 @@ class FinalizeRunOperator(BaseOperator):
         spent = merged_jobs(spent, self._earlier_record(path))
         record = ledger_record(ti.dag_id, context["run_id"], run_day(context), published_run, spent, reused)
         write_atomic(path, json.dumps(record, indent=2).encode())
-        self.log.info("recorded the run's spend in %s: %s", path, record["totals"])
+        self.log.info("recorded the run's spend in %s: %s", url_of(path), record["totals"])
         return spent
 
     def _earlier_record(self, path: ObjectStoragePath) -> dict[str, Any] | None:

@@ -57,6 +57,8 @@ def checked_folder(rendered: str, root: str) -> str:
     if parts.query or parts.fragment or "?" in rendered or "#" in rendered:
         raise PathRefused(f"the target folder {rendered!r} has a query or fragment ('?' or '#')")
     path = _checked_location(rendered, parts.scheme, parts.netloc, parts.path)
+    if parts.scheme != "file" and not path.strip("/"):
+        return rendered.rstrip("/")  # the bucket itself (validation accepts `s3://bucket`, so does the run)
     for segment in path.strip("/").split("/"):
         _check_segment(segment, f"the target folder {rendered!r}")
     return rendered.rstrip("/")

@@ -26,7 +26,7 @@ from airflow.sdk import ObjectStoragePath
 from flexflow.client.requests import generation_request, request_digest
 from flexflow.client.results import DownloadedImage, DownloadError, check_image
 from flexflow.publishing.paths import PathRefused, checked_folder, checked_name
-from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.publishing.store import target_folder, url_of, write_atomic
 
 REUSE_DIR = ".flexflow-reuse"
 REUSE_VERSION = 1
@@ -68,7 +68,7 @@ def find_published(root: str, conn_id: str | None, digest: str) -> Lookup:
         for file in files:
             _check_unchanged(file, root, conn_id)
     except (ValueError, TypeError, KeyError, OSError, ReuseRefused) as exc:
-        return Lookup(None, f"{path} cannot be reused: {exc}")
+        return Lookup(None, f"{url_of(path)} cannot be reused: {exc}")
     return Lookup(files, f"published as {', '.join(f['file'] for f in files)}")
 
 

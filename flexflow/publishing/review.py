@@ -25,7 +25,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.publishing.records import published_jobs, stored_records
-from flexflow.publishing.store import target_folder, write_atomic
+from flexflow.publishing.store import target_folder, url_of, write_atomic
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME
 from flexflow.text import visible
 
@@ -161,8 +161,13 @@ class ReviewRunOperator(HITLOperator):
         manifest, sheet = folder / MANIFEST_NAME, folder / CONTACT_SHEET_NAME
         write_atomic(sheet, render_contact_sheet(document).encode())
         write_atomic(manifest, json.dumps(document, indent=2).encode())
-        self.log.info("staged %d file(s) in %s for review", len(records), folder)
-        return {"folder": str(folder), "manifest": str(manifest), "contact_sheet": str(sheet), "conn_id": self.conn_id}
+        self.log.info("staged %d file(s) in %s for review", len(records), url_of(folder))
+        return {
+            "folder": url_of(folder),
+            "manifest": url_of(manifest),
+            "contact_sheet": url_of(sheet),
+            "conn_id": self.conn_id,
+        }
 
 
 def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any], timeout: timedelta | None) -> str:
