@@ -187,7 +187,11 @@ def test_a_thumbnail_is_a_small_jpeg_of_a_listed_file(client: Any, runs: Runs) -
 
 def test_a_run_id_shows_that_run(client: Any, runs: Runs) -> None:
     page = client.get(gallery_url(run_id=runs.published)).text
-    assert f"Latest published run: {runs.published}" in page and "Awaiting approval" not in page
+    assert f"Published run: {runs.published}" in page and "Latest" not in page and "Awaiting approval" not in page
+    page = client.get(gallery_url(run_id=runs.staging)).text
+    assert f"Awaiting approval: run {runs.staging}" in page
+    assert f"Run {runs.staging} has published nothing (yet)." in page
+    assert thumbnails(page) and {q["run_id"][0] for q in thumbnails(page)} == {runs.staging}
 
 
 def test_a_review_no_longer_waiting_is_not_shown_as_awaiting_approval(client: Any, runs: Runs) -> None:

@@ -56,7 +56,7 @@ def gallery(
     staging = latest_staging(session, dag_id, run_id)
     published = latest_published(session, dag_id, run_id)
     base = str(request.scope.get("root_path") or "").rstrip("/")
-    page = render_gallery(dag_id, _shown(staging), _shown(published), base=base)
+    page = render_gallery(dag_id, _shown(staging), _shown(published), base=base, run_id=run_id)
     return HTMLResponse(page, headers=_HEADERS)
 
 

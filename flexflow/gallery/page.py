@@ -47,13 +47,20 @@ class Shown:
     not_shown: dict[str, str] = field(default_factory=dict)  # file name -> why its thumbnail is left out
 
 
-def render_gallery(dag_id: str, staging: Shown | None, published: Shown | None, *, base: str) -> str:
-    """The page; ``base`` is the gallery app's path (``/flexflow``) that thumbnail URLs start with."""
+def render_gallery(
+    dag_id: str, staging: Shown | None, published: Shown | None, *, base: str, run_id: str | None = None
+) -> str:
+    """The page; ``base`` is the gallery app's path (``/flexflow``) that thumbnail URLs start with.
+
+    With ``run_id`` (a DAG run's Gallery tab) the page is about that run only."""
     sections = []
     if staging is not None:
         sections.append(_section(dag_id, staging, base, f"Awaiting approval: run {inert_text(staging.run.run_id)}"))
     if published is not None:
-        sections.append(_section(dag_id, published, base, f"Latest published run: {inert_text(published.run.run_id)}"))
+        which = "Published run" if run_id is not None else "Latest published run"
+        sections.append(_section(dag_id, published, base, f"{which}: {inert_text(published.run.run_id)}"))
+    elif run_id is not None:
+        sections.append(f"<p class=empty>Run {inert_text(run_id)} has published nothing (yet).</p>")
     else:
         sections.append(f"<p class=empty>No published run yet for {inert_text(dag_id)}.</p>")
     body = "\n".join(sections)
