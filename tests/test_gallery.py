@@ -7,6 +7,7 @@ through its ``airflow.plugins`` entry point, so the routes run behind Airflow's 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -22,7 +23,18 @@ import pytest
 from PIL import Image
 
 from flexflow.gallery.page import Shown, render_gallery
-from flexflow.gallery.runs import MAX_IMAGE_PIXELS, THUMBNAIL_BOX, GalleryError, RunManifest, Source, thumbnail
+from flexflow.gallery.runs import (
+    MAX_IMAGE_PIXELS,
+    THUMBNAIL_BOX,
+    GalleryError,
+    RunManifest,
+    Source,
+    latest_published,
+    latest_staging,
+    plain_name,
+    thumbnail,
+    verified_file,
+)
 from flexflow.spec import load_spec
 from tests.airflow_helpers import clear_publish_root, load_module, xcom
 from tests.conftest import AIRFLOW_HOME, ROOT, SECRET_KEY
@@ -82,6 +94,8 @@ def pointing_at(folder: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(emulator_server: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """Two real runs: the first stays published; the second is turned into a run awaiting approval."""
+    from airflow.utils.session import create_session
+
     emulator_server.wait_idle()
     emulator_server.state.reset()
     emulator_server.faults.reset(seed=0)
@@ -99,6 +113,10 @@ def runs(emulator_server: Any, airflow_db: Path, tmp_path_factory: pytest.TempPa
             dag_run = dag.test()
             assert dag_run.state == "success"
             [finalized] = xcom(airflow_db, DAG_ID, dag_run.run_id, "finalize")
+            with create_session() as session:  # the XCom as Airflow stored it is what the gallery finds
+                assert latest_published(session, DAG_ID) == RunManifest(
+                    dag_run.run_id, Source.PUBLISHED, finalized["manifest"], None
+                )
             # Each run's files, copied where no later run of this spec (same day, same folder) overwrites them.
             folder = root / name
             shutil.copytree(Path(urlsplit(finalized["manifest"]).path).parent, folder)
@@ -109,6 +127,13 @@ def runs(emulator_server: Any, airflow_db: Path, tmp_path_factory: pytest.TempPa
     # The second run is staged, not published: its finalize named no manifest, its review waits for input.
     set_xcom(airflow_db, staging_run, "finalize", "return_value", {"manifest": None, "files": 4, "jobs": 4})
     add_review(airflow_db, staging_run, "awaiting_input", pointing_at(folders[1]))
+    with create_session() as session:
+        assert latest_staging(session, DAG_ID) == RunManifest(
+            staging_run, Source.STAGING, f"file://{folders[1]}/manifest.json", None
+        )
+        assert latest_published(session, DAG_ID) == RunManifest(
+            run_ids[0], Source.PUBLISHED, f"file://{folders[0]}/manifest.json", None
+        )
     return Runs(airflow_db, run_ids[0], folders[0], staging_run, folders[1])
 
 
@@ -351,3 +376,42 @@ def test_a_thumbnail_refuses_what_is_not_a_bounded_image() -> None:
     Image.new("RGB", (1600, 900), "red").save(small, "PNG")
     with Image.open(io.BytesIO(thumbnail(small.getvalue()))) as picture:
         assert picture.size == (320, 180)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x.png",
+        "a/b.png",
+        "a\\b.png",
+        "..",
+        ".",
+        "",
+        "a%2Fb.png",
+        "%2e%2e",
+        "manifest.json",
+        "index.html",
+        "x\u202epng.exe",
+        "x\x00.png",
+        "x\n.png",
+        None,
+        7,
+    ],
+)
+def test_a_name_that_is_not_one_plain_file_name_is_never_read(name: Any) -> None:
+    assert plain_name(name) is None
+    run = RunManifest("manual__1", Source.PUBLISHED, "file:///nonexistent/manifest.json", None)
+    with pytest.raises(GalleryError, match="not a plain file name"):
+        verified_file(run, {"name": name, "sha256": "0" * 64})
+
+
+def test_a_file_the_manifest_gives_no_sha256_is_not_shown(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"picture")
+    run = RunManifest("manual__1", Source.PUBLISHED, f"file://{tmp_path}/manifest.json", None)
+    assert plain_name("a.png") == "a.png"
+    with pytest.raises(GalleryError, match="records no sha256"):
+        verified_file(run, {"name": "a.png"})
+    digest = hashlib.sha256(b"picture").hexdigest()
+    assert verified_file(run, {"name": "a.png", "sha256": digest}) == b"picture"
+    with pytest.raises(GalleryError, match="changed since it was published"):
+        verified_file(run, {"name": "a.png", "sha256": "0" * 64})

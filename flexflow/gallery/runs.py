@@ -26,6 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flexflow.client.results import MAX_IMAGE_BYTES
+from flexflow.publishing.paths import PathRefused, checked_name
+from flexflow.spec.checks import RUN_FILES
 from flexflow.text import visible
 
 #: The task that writes the manifest (``compiler/layout.py: FINALIZE``) and its XCom.
@@ -157,12 +159,14 @@ def _manifest_of(run_id: str, value: Any, source: Source) -> RunManifest | None:
 
 
 def plain_name(name: object) -> str | None:
-    """``name`` when it is one plain path segment (no separator, no ``..``, nothing invisible), else None."""
-    if not isinstance(name, str) or name in {"", ".", ".."} or visible(name) != name:
+    """``name`` when it is a file name a run may publish (``publishing/paths.py: checked_name``: one segment,
+    no separator, ``..`` or control character, even percent-decoded) and shows as itself, else None."""
+    if not isinstance(name, str) or visible(name) != name:
         return None
-    if "/" in name or "\\" in name or "\x00" in name:
+    try:
+        return checked_name(name, reserved=tuple(RUN_FILES))
+    except PathRefused:
         return None
-    return name
 
 
 def listed_entry(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -188,7 +192,9 @@ def verified_file(run: RunManifest, entry: dict[str, Any]) -> bytes:
         raise GalleryError(f"{name} cannot be read ({type(exc).__name__})") from exc
     if len(data) > MAX_IMAGE_BYTES:
         raise GalleryError(f"{name} is larger than {MAX_IMAGE_BYTES} bytes; it is not shown")
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+    if not isinstance(entry.get("sha256"), str):
+        raise GalleryError(f"the manifest records no sha256 for {name}; it is not shown")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise GalleryError(f"{name} changed since it was published (its sha256 is not the manifest's); not shown")
     return data
 
