@@ -183,6 +183,7 @@ def test_the_gallery_shows_the_published_run_and_the_run_awaiting_approval(clien
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'self'" in policy and "script" not in policy
     assert f"Awaiting approval: run {runs.staging}" in page
+    assert "Approve or reject it in the run's <code>review</code> task." in page
     assert f"Latest published run: {runs.published}" in page
     assert page.index("Awaiting approval") < page.index("Latest published run")
     manifest = json.loads((runs.published_folder / "manifest.json").read_text())
@@ -415,3 +416,11 @@ def test_a_file_the_manifest_gives_no_sha256_is_not_shown(tmp_path: Path) -> Non
     assert verified_file(run, {"name": "a.png", "sha256": digest}) == b"picture"
     with pytest.raises(GalleryError, match="changed since it was published"):
         verified_file(run, {"name": "a.png", "sha256": "0" * 64})
+
+
+def test_the_tabs_point_under_the_api_servers_own_path() -> None:
+    from flexflow.gallery.plugin import gallery_href
+
+    assert gallery_href("/") == "/flexflow/dags/{DAG_ID}/gallery"
+    assert gallery_href("/airflow/") == "/airflow/flexflow/dags/{DAG_ID}/gallery"
+    assert gallery_href("/airflow/", run=True) == "/airflow/flexflow/dags/{DAG_ID}/gallery?run_id={RUN_ID}"

@@ -89,6 +89,8 @@ def _section(dag_id: str, shown: Shown, base: str, heading: str) -> str:
         f"manifest <code>{inert_text(shown.run.manifest_url)}</code></p>\n"
     )
     figures = "\n".join(_figure(dag_id, shown, entry, base) for entry in files)
+    if shown.run.source is Source.STAGING:
+        meta += "<p class=meta>Approve or reject it in the run's <code>review</code> task.</p>\n"
     return f"{top}{meta}<div class=grid>\n{figures}\n</div></section>"
 
 
