@@ -424,3 +424,33 @@ def test_the_tabs_point_under_the_api_servers_own_path() -> None:
     assert gallery_href("/") == "/flexflow/dags/{DAG_ID}/gallery"
     assert gallery_href("/airflow/") == "/airflow/flexflow/dags/{DAG_ID}/gallery"
     assert gallery_href("/airflow/", run=True) == "/airflow/flexflow/dags/{DAG_ID}/gallery?run_id={RUN_ID}"
+
+
+def test_a_second_look_reads_no_file_and_a_rewritten_file_is_checked_again(
+    client: Any, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flexflow.gallery.runs as gallery_runs
+
+    client.get(gallery_url())  # verified and cached
+    read: list[str] = []
+    real = gallery_runs._read_at_most
+
+    def counting(path: Any, limit: int) -> bytes:
+        read.append(str(path))
+        return real(path, limit)
+
+    monkeypatch.setattr(gallery_runs, "_read_at_most", counting)
+    page = client.get(gallery_url()).text
+    for query in thumbnails(page):
+        assert client.get(f"/flexflow/dags/{DAG_ID}/thumbnail", params={k: v[0] for k, v in query.items()}).is_success
+    assert [path for path in read if not path.endswith("manifest.json")] == [], "files came from the cache"
+
+    image = runs.published_folder / "hero_banner.png"
+    original = image.read_bytes()
+    try:
+        image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # same size, new mtime, other bytes
+        page = client.get(gallery_url()).text
+        assert "hero_banner.png changed since it was published" in "".join(parsed(page).text)
+        assert any(path.endswith("/hero_banner.png") for path in read), "read again: it was rewritten"
+    finally:
+        image.write_bytes(original)

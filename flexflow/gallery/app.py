@@ -25,13 +25,12 @@ from flexflow.gallery.runs import (
     GalleryError,
     RunManifest,
     Source,
+    checked_thumbnail,
     latest_published,
     latest_staging,
     listed_entry,
     plain_name,
     run_manifest,
-    thumbnail,
-    verified_file,
 )
 
 #: Where the api-server mounts the app (plugin.py); not under Airflow's reserved prefixes.
@@ -76,8 +75,7 @@ def thumbnail_of(
         entry = listed_entry(run.read(), name)
         if entry is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "the run's manifest lists no file of that name")
-        data = verified_file(run, entry)
-        return Response(thumbnail(data), media_type="image/jpeg", headers=_HEADERS)
+        return Response(checked_thumbnail(run, entry), media_type="image/jpeg", headers=_HEADERS)
     except GalleryError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
@@ -103,7 +101,7 @@ def _shown(run: RunManifest | None) -> Shown | None:
             not_shown[entry["name"]] = "not a plain file name in the run's folder: not shown"
             continue
         try:
-            verified_file(run, entry)
+            checked_thumbnail(run, entry)  # verified and decodable; its tag's request then reads no file
         except GalleryError as exc:
             not_shown[entry["name"]] = str(exc)
     return Shown(run, manifest, not_shown=not_shown)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, BinaryIO
@@ -41,6 +43,10 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 #: Thumbnails fit in this box; an image with more pixels than this is not decoded at all.
 THUMBNAIL_BOX = (320, 320)
 MAX_IMAGE_PIXELS = 64_000_000
+#: Thumbnails kept per api-server process (a few MB): (file URL, sha256, size, mtime) -> JPEG bytes.
+THUMBNAIL_CACHE_SIZE = 256
+_THUMBNAILS: OrderedDict[tuple[str, str, int, float], bytes] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 class Source(StrEnum):
@@ -197,6 +203,34 @@ def verified_file(run: RunManifest, entry: dict[str, Any]) -> bytes:
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise GalleryError(f"{name} changed since it was published (its sha256 is not the manifest's); not shown")
     return data
+
+
+def checked_thumbnail(run: RunManifest, entry: dict[str, Any]) -> bytes:
+    """The thumbnail of a listed file, made once its bytes are verified (``verified_file``) and decoded.
+
+    Kept in a small in-process cache by the file's URL, its manifest sha256 and its current size and
+    modification time (one ``stat``): looking at a gallery again reads no file, while a file rewritten
+    since (a new size or mtime) is read and verified again.
+    """
+    name = plain_name(entry.get("name"))
+    if name is None:
+        return verified_file(run, entry)  # raises, saying why
+    path = run.folder() / name
+    try:
+        status = path.stat()
+    except (OSError, ValueError) as exc:
+        raise GalleryError(f"{name} cannot be read ({type(exc).__name__})") from exc
+    key = (str(path), str(entry.get("sha256")), int(status.st_size), float(status.st_mtime))
+    with _CACHE_LOCK:
+        if (cached := _THUMBNAILS.get(key)) is not None:
+            _THUMBNAILS.move_to_end(key)
+            return cached
+    small = thumbnail(verified_file(run, entry))
+    with _CACHE_LOCK:
+        _THUMBNAILS[key] = small
+        while len(_THUMBNAILS) > THUMBNAIL_CACHE_SIZE:
+            _THUMBNAILS.popitem(last=False)
+    return small
 
 
 def _read_at_most(path: ObjectStoragePath, limit: int) -> bytes:
