@@ -299,14 +299,19 @@ def test_an_unreadable_manifest_is_named_not_a_500(client: Any, runs: Runs) -> N
 def test_a_dag_with_no_published_run(client: Any, runs: Runs) -> None:
     from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
+    from sqlalchemy import delete
 
     with create_session() as session:
         if session.get(DagModel, "gallery_empty") is None:
             session.add(DagModel(dag_id="gallery_empty", bundle_name="dags-folder", fileloc="/nowhere.py"))
-    response = client.get(gallery_url("gallery_empty"))
-    assert response.status_code == 200
-    assert "No published run yet for gallery_empty." in response.text
-    assert client.get(gallery_url("no_such_dag")).status_code == 404
+    try:
+        response = client.get(gallery_url("gallery_empty"))
+        assert response.status_code == 200
+        assert "No published run yet for gallery_empty." in response.text
+        assert client.get(gallery_url("no_such_dag")).status_code == 404
+    finally:
+        with create_session() as session:
+            session.execute(delete(DagModel).where(DagModel.dag_id == "gallery_empty"))
 
 
 def test_anonymous_and_forged_requests_are_refused(app: Any, runs: Runs) -> None:
