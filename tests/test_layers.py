@@ -21,6 +21,7 @@ LAYERS = [
     "spec",
     "airflow",
     "publishing",
+    "gallery",
     "compiler",
     "run",
     "cli",

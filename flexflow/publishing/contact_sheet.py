@@ -38,17 +38,17 @@ _ORIGIN = re.compile(r"https?://[a-z0-9.-]+(?::\d{1,5})?", re.IGNORECASE)
 def render_contact_sheet(manifest: dict[str, Any]) -> str:
     """``index.html`` for the files of a manifest; image links are relative to the manifest's folder."""
     files = list(manifest.get("files") or [])
-    links = [_link(entry.get("name")) for entry in files]
+    links = [file_link(entry.get("name")) for entry in files]
     figures = "\n".join(_figure(entry, link) for entry, link in zip(files, links, strict=True))
-    dag_id, run_id = _text(manifest.get("dag_id")), _text(manifest.get("run_id"))
+    dag_id, run_id = inert_text(manifest.get("dag_id")), inert_text(manifest.get("run_id"))
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\n"
         f'<meta http-equiv="Content-Security-Policy" content="{html.escape(content_policy(links))}">\n'
         '<meta name="referrer" content="no-referrer">\n'
         f"<title>{dag_id} - {run_id}</title><style>{_STYLE}</style></head>\n<body>\n"
         f"<h1>{dag_id}</h1>\n"
-        f"<p class=meta>run {run_id} · published {_text(manifest.get('published_at'))}"
-        f" · {len(files)} image(s) · asset <code>{_text(manifest.get('asset'))}</code></p>\n"
+        f"<p class=meta>run {run_id} · published {inert_text(manifest.get('published_at'))}"
+        f" · {len(files)} image(s) · asset <code>{inert_text(manifest.get('asset'))}</code></p>\n"
         f"<div class=grid>\n{figures}\n</div>\n</body>\n</html>\n"
     )
 
@@ -66,7 +66,7 @@ def content_policy(links: list[str | None]) -> str:
     )
 
 
-def _link(name: object) -> str | None:
+def file_link(name: object) -> str | None:
     """The href/src for a file of the run: a plain file name in the sheet's folder, or an http(s) URL; else none.
 
     A file name is percent-encoded whole, so ``javascript:x`` becomes the relative ``javascript%3Ax``,
@@ -85,7 +85,7 @@ def _link(name: object) -> str | None:
     return quote(name, safe="")
 
 
-def _text(value: object) -> str:
+def inert_text(value: object) -> str:
     """Any manifest value as inert HTML text."""
     return html.escape(visible(value if isinstance(value, str) else str(value)), quote=True)
 
@@ -101,9 +101,10 @@ def _figure(entry: dict[str, Any], link: str | None) -> str:
         ("job", entry.get("job_id")),
         ("params", json.dumps(params, separators=(", ", ": "), default=str)),
     ]
-    details = "".join(f"<dt>{name}</dt><dd><code>{_text(value)}</code></dd>" for name, value in rows)
-    prompt = _text(entry.get("prompt"))
-    picture = f'<img src="{html.escape(link)}" alt="{prompt}">' if link else f"<code>{_text(entry.get('name'))}</code>"
+    details = "".join(f"<dt>{name}</dt><dd><code>{inert_text(value)}</code></dd>" for name, value in rows)
+    prompt = inert_text(entry.get("prompt"))
+    name = inert_text(entry.get("name"))
+    picture = f'<img src="{html.escape(link)}" alt="{prompt}">' if link else f"<code>{name}</code>"
     if link:
         picture = f'<a href="{html.escape(link)}" rel="noopener noreferrer">{picture}</a>'
     return f"<figure>{picture}<figcaption><div class=prompt>{prompt}</div><dl>{details}</dl></figcaption></figure>"

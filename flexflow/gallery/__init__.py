@@ -1,0 +1,1 @@
+"""The flexflow gallery: an Airflow UI plugin that shows a DAG's published run and the run awaiting approval."""

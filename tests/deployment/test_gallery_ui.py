@@ -1,0 +1,81 @@
+"""The gallery (issue 14) in a deployed Airflow, in a real browser: the DAG page's Gallery tab, served by the
+api-server through the plugin, shows the latest published run's thumbnails and prompts; without a login the
+api-server refuses it. Screenshots are saved as artifacts like test_ui.py's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="the browser tests need flexflow's 'deploy' extra (playwright)")
+from playwright.sync_api import Browser, Page, expect
+
+from tests.deployment.harness.deployment import Deployment
+from tests.deployment.helpers import check_published, finish, trigger
+from tests.deployment.test_ui import VIEWPORT, browser, open_dag, page, screenshot  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.deployment, pytest.mark.parametrize("deployment", ["local"], indirect=True)]
+
+DAG_ID = "deploy_smoke"
+PROMPTS = ["Poster of a lighthouse at dusk", "Square tile with a wave pattern"]
+
+
+def test_the_gallery_tab_shows_the_published_run(
+    page: Page,  # noqa: F811
+    deployment: Deployment,
+    emulator: Any,
+) -> None:
+    emulator.configure(processing_seconds=2.0)
+    run_id = trigger(deployment, DAG_ID)
+    assert finish(deployment, DAG_ID, run_id) == "success"
+    files = check_published(deployment, DAG_ID, run_id)["files"]
+    assert len(files) == 3
+
+    open_dag(page, deployment, DAG_ID)
+    page.get_by_role("link", name="Gallery", exact=True).click()
+    frame = page.frame_locator("iframe[title='Gallery']")
+    gallery = frame.locator("section#published")
+    expect(gallery.get_by_role("heading")).to_have_text(f"Latest published run: {run_id}")
+    for prompt in PROMPTS:
+        expect(gallery.locator(".prompt", has_text=prompt).first).to_be_visible()
+    for entry in files:
+        expect(gallery.get_by_text(entry["job_id"], exact=True)).to_be_visible()
+    images = gallery.locator("img")
+    expect(images).to_have_count(3)
+    for index in range(3):
+        images.nth(index).scroll_into_view_if_needed()
+        # Loaded, not a broken icon: each thumbnail is a decoded image the api-server sent with the UI's login.
+        expect(images.nth(index)).to_have_js_property("complete", True)
+        assert images.nth(index).evaluate("img => img.naturalWidth") > 0
+    assert sorted(images.evaluate_all("imgs => imgs.map(i => i.alt)")) == sorted(f["prompt"] for f in files)
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "gallery-tab")
+
+    # The run's own page has the tab too, showing that run.
+    page.goto(f"{deployment.api_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
+    page.get_by_role("link", name="Gallery", exact=True).click()
+    run_gallery = page.frame_locator("iframe[title='Gallery']").locator("section#published")
+    expect(run_gallery.get_by_role("heading")).to_have_text(f"Published run: {run_id}")
+    expect(run_gallery.locator("img")).to_have_count(3)
+    screenshot(page, "gallery-run-tab")
+
+
+def test_the_gallery_refuses_a_browser_without_a_login(browser: Browser, deployment: Deployment) -> None:  # noqa: F811
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        anonymous = context.new_page()
+        gallery = f"{deployment.api_url}/flexflow/dags/{DAG_ID}/gallery"
+        response = anonymous.goto(gallery)
+        assert response is not None and response.status == 401, "no token, no gallery"
+        query = urlencode({"run_id": "any", "name": "poster.png"})
+        response = anonymous.goto(f"{deployment.api_url}/flexflow/dags/{DAG_ID}/thumbnail?{query}")
+        assert response is not None and response.status == 401
+        context.add_cookies([{"name": "_token", "value": "forged.jwt.token", "url": deployment.api_url}])
+        response = anonymous.goto(gallery)
+        assert response is not None and response.status == 403, "a forged token is refused"
+        screenshot(anonymous, "gallery-refused")
+    finally:
+        context.close()
