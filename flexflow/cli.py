@@ -25,6 +25,7 @@ from flexflow.defaults import (
     POOL,
     PRICE_PER_MEGAPIXEL,
     deployment_limits,
+    shown,
 )
 from flexflow.emulator.server import add_arguments as add_emulator_arguments
 from flexflow.emulator.server import serve
@@ -143,6 +144,9 @@ def _plan(args: argparse.Namespace) -> int:
         "estimated_cost_per_run": str(cost.usd),
         "budget": _plan_budget(spec),
         "reuse": spec.reuse,
+        "review": {"required": True, "timeout_seconds": spec.publish.review_timeout.total_seconds()}
+        if spec.publish.review
+        else {"required": False},
     }
     if args.format == "json":
         print(json.dumps(plan, indent=2))
@@ -167,6 +171,9 @@ def _plan(args: argparse.Namespace) -> int:
         f" | estimated cost per run: ${cost.usd:.2f} (at ${price} per megapixel)"
     )
     print(_reuse_line(spec))
+    if spec.publish.review:
+        timeout = shown(spec.publish.review_timeout)
+        print(f"review: required: images wait in a staging folder for an approval in Airflow (up to {timeout})")
     planned = _plan_budget(spec)
     if planned is not None:
         print(_budget_line(planned))

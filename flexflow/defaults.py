@@ -142,6 +142,8 @@ _MEANINGS: dict[str, str] = {
     "poll_interval": "first interval between status checks; it grows on long jobs",
     "filename": "file name pattern: {image} {variant} {ext} {job_id}",
     "manifest": "write manifest.json beside the images",
+    "review": "none: publish when stored; required: wait for an approval in Airflow first",
+    "review_timeout": "longest wait for that approval; then nothing is published",
     "request_timeout": "longest wait for one API response, seconds",
     "max_attempts": "attempts per API call for rate limits and outages",
     "job_link": "where the 'Apiframe job' button points",
@@ -158,7 +160,7 @@ TABLE: tuple[Default, ...] = (
     *_part("spec", connection_id=CONNECTION_ID, owner=OWNER, catchup=CATCHUP),
     *_part("spec", pool=POOL),
     *_part("image", retries=RETRIES, retry_delay=RETRY_DELAY, timeout=JOB_TIMEOUT, poll_interval=POLL_INTERVAL),
-    *_part("publish", filename=FILENAME, manifest=MANIFEST),
+    *_part("publish", filename=FILENAME, manifest=MANIFEST, review=REVIEW, review_timeout=REVIEW_TIMEOUT),
     *_part("connection", request_timeout=REQUEST_TIMEOUT, max_attempts=MAX_ATTEMPTS, job_link=JOB_LINK),
     *_part("wait", max_poll_interval=MAX_POLL_INTERVAL),
 )

@@ -225,6 +225,16 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(render_text(exc.problems, use_color(sys.stderr)), file=sys.stderr)
         return EXIT_FAILED
+    if spec.publish.review:
+        # dag.test() keeps a run waiting for input until something answers it, and nothing here serves
+        # Airflow's Required Actions: the run would pay for its images, then wait forever.
+        print(
+            f"flexflow run: {spec.dag_id} has publish.review: required, and flexflow run has no Airflow UI to "
+            "approve its images in; nothing was submitted. Try the spec with review: none here, or deploy it "
+            "and approve the run in Airflow's Required Actions",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     home = RunHome(Path(args.home).resolve())
     with contextlib.ExitStack() as stack:
         try:

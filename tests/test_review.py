@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from flexflow.cli import main as flexflow_main
 from flexflow.compiler.layout import task_layout
 from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.emulator import EmulatorServer
@@ -214,3 +215,22 @@ def test_the_request_shows_spec_and_api_text_inert() -> None:
     assert re.search(r"(?<!\\)<img", body) is None and "\\<img" in body, "no HTML either"
     assert "j'1" in body, "a backtick cannot end the job id's code span"
     assert "4 credit(s) already spent" in body
+
+
+def test_the_documented_example_plans_its_review(capsys: pytest.CaptureFixture[str]) -> None:
+    example = REPOSITORY / "docs/examples/reviewed_campaign.yaml"
+    assert flexflow_main(["plan", str(example)]) == 0
+    out = capsys.readouterr().out
+    assert "review        ReviewRunOperator       prepare, hero.publish, card.publish" in out
+    assert "review: required: images wait in a staging folder for an approval in Airflow (up to 2d)" in out
+    assert flexflow_main(["plan", "--format", "json", str(example)]) == 0
+    assert json.loads(capsys.readouterr().out)["review"] == {"required": True, "timeout_seconds": 172800.0}
+
+
+def test_flexflow_run_refuses_a_reviewed_spec_before_it_pays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = REPOSITORY / "docs/examples/reviewed_campaign.yaml"
+    assert flexflow_main(["run", "--home", str(tmp_path / "home"), str(example)]) == 2
+    assert "has publish.review: required" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists(), "nothing was set up, nothing submitted"

@@ -33,7 +33,7 @@ TAG_MAX = 100  # airflow.sdk.definitions.dag.TAG_MAX_LEN
 #: The tag flexflow gives a broken spec's DAG; a valid spec claiming it would look broken.
 RESERVED_TAGS = frozenset({"invalid"})
 #: Task and group names flexflow gives its own tasks; an image (a task group) must not take one.
-RESERVED_NAMES = ("prepare", "finalize", "invalid_spec", "submit", "wait", "publish")
+RESERVED_NAMES = ("prepare", "finalize", "review", "invalid_spec", "submit", "wait", "publish")
 #: Airflow's key characters, ASCII only; ``fullmatch`` so that a trailing newline is refused too.
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]+")
 #: Airflow's connection ids (``airflow/models/connection.py: RE_SANITIZE_CONN_ID``, at most 250), ASCII

@@ -78,6 +78,16 @@ images:
     prompt: "A round badge with a star"
 budget: {credits_per_day: 5}
 """,
+    # Two images approved, or not, by a person before they are published (publish settings below).
+    "deploy_review": """
+images:
+  - name: banner
+    prompt: "A wide banner of a harbour at dawn"
+    flux: {seed: 11}
+  - name: square
+    prompt: "A square card with a sailing boat"
+    flux: {seed: 12}
+""",
     # One job, for the failure and worker-kill tests.
     "deploy_single": """
 images:
@@ -110,6 +120,9 @@ images:
 BROKEN_PROBLEM = "images[0].flux.guidance: must be a number from 1.5 to 10 in steps of 0.1; got 12"
 
 
+#: Publish settings a spec adds to COMMON's (its last block is ``publish``).
+PUBLISH_EXTRA = {"deploy_review": "  review: required\n  review_timeout: 30m\n"}
+
 #: The project's example specs (specs/), shipped into the deployment verbatim: dag_id -> the spec.
 EXAMPLES = {spec.dag_id: spec for spec in map(load_spec, sorted((ROOT / "specs").glob("*.yaml")))}
 
@@ -119,7 +132,10 @@ def write_specs(folder: Path, publish_root: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for dag_id, images in (SPECS | BROKEN_SPECS).items():
         text = (
-            f"version: 1\ndag_id: {dag_id}\nschedule: null\n" + images + COMMON.format(root=publish_root, dag_id=dag_id)
+            f"version: 1\ndag_id: {dag_id}\nschedule: null\n"
+            + images
+            + COMMON.format(root=publish_root, dag_id=dag_id)
+            + PUBLISH_EXTRA.get(dag_id, "")
         )
         (folder / f"{dag_id}.yaml").write_text(text)
     for spec in EXAMPLES.values():

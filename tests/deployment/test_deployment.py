@@ -6,13 +6,16 @@ The deployments (``local`` and ``celery``) come from conftest.py; the specs and 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from flexflow.spec import load_spec
 from tests.airflow_helpers import clear_publish_root
 from tests.deployment.harness.deployment import Deployment
-from tests.deployment.harness.measure import rss_bytes, slot_seconds
+from tests.deployment.harness.measure import rss_bytes, slot_seconds, task_processes
 from tests.deployment.harness.rest import TERMINAL_RUN_STATES
 from tests.deployment.harness.waiting import wait_until
 from tests.deployment.helpers import (
@@ -28,6 +31,8 @@ from tests.deployment.helpers import (
     check_published,
     finish,
     measured,
+    published_folder,
+    spec_file,
     trigger,
     wait_until_deferred,
     waits,
@@ -305,3 +310,52 @@ def test_twenty_specs_at_once_never_have_more_jobs_in_flight_than_the_pool(
     assert 1 < accounting["peak_in_flight"] <= 10, accounting
     assert_one_billed_job_per_image(accounting, 20)
     measured(deployment)["pool_of_ten"] = {"peak_in_flight": accounting["peak_in_flight"], "specs": len(runs)}
+
+
+def test_a_reviewed_run_waits_parked_for_approval_and_a_rejected_one_publishes_nothing(
+    deployment: Deployment, emulator: Any
+) -> None:
+    """``publish.review: required``: the images wait in the staging folder while the review task is parked in
+    ``awaiting_input`` (no executor slot, no process), answered through Airflow's REST API as the Required
+    Actions form answers it. Approved: promoted and published. Rejected: nothing published, and the run says
+    who rejected it and why. Either way one billed job per image, nothing billed for the review."""
+    dag_id = "deploy_review"
+    spec = load_spec(spec_file(deployment, dag_id))
+    approved, rejected = trigger(deployment, dag_id), trigger(deployment, dag_id)
+    for run_id in (approved, rejected):
+        wait_until(
+            lambda run_id=run_id: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
+            timeout=180,
+            what=f"{run_id}'s review waits for input",
+        )
+    active = [
+        ti
+        for run_id in (approved, rejected)
+        for ti in deployment.api.task_instances(dag_id, run_id)
+        if ti["state"] in ("running", "queued")
+    ]
+    assert active == [], "nothing of either run runs or queues while they wait for a person"
+    assert task_processes(deployment.executor_services()) == [], "no task process holds an executor slot"
+    for run_id in (approved, rejected):
+        folder = published_folder(spec, deployment.api.dag_run(dag_id, run_id))
+        assert sorted(p.name for p in folder.iterdir()) == [".flexflow-staging"], "nothing published yet"
+        staged = deployment.api.xcom(dag_id, run_id, "review", key="staging")
+        assert sorted(p.name for p in Path(urlsplit(staged["folder"]).path).iterdir()) == sorted(
+            ["banner.png", "square.png", "manifest.json", "index.html"]
+        )
+
+    deployment.api.respond(dag_id, approved, "review", "Approve", {"reason": "on brand"})
+    deployment.api.respond(dag_id, rejected, "review", "Reject", {"reason": "the boat is too small"})
+    assert finish(deployment, dag_id, approved) == "success", deployment.api.task_states(dag_id, approved)
+    assert finish(deployment, dag_id, rejected) == "failed", deployment.api.task_states(dag_id, rejected)
+
+    manifest = check_published(deployment, dag_id, approved)
+    assert len(manifest["files"]) == 2
+    folder = published_folder(spec, deployment.api.dag_run(dag_id, rejected))
+    assert sorted(p.name for p in folder.iterdir()) == [".flexflow-staging"], "the rejected run published nothing"
+    assert deployment.api.asset_events(source_dag_id=dag_id, source_run_id=rejected) == []
+    assert deployment.api.task_states(dag_id, rejected)["review"] == "success", "a person answered"
+    log = deployment.api.task_log(dag_id, rejected, "finalize", 1)
+    assert "rejected by admin: 'the boat is too small'" in log, log[-2000:]
+    assert "Nothing was published" in log
+    assert_one_billed_job_per_image(emulator.accounting(), 4)

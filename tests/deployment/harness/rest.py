@@ -192,6 +192,13 @@ class AirflowApi:
         )
         return entry["value"]
 
+    def respond(
+        self, dag_id: str, run_id: str, task_id: str, option: str, params: dict[str, Any], map_index: int = -1
+    ) -> dict[str, Any]:
+        """Answer a human-in-the-loop task, as the Required Actions form does."""
+        path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/{map_index}/hitlDetails"
+        return self.call("PATCH", path, {"chosen_options": [option], "params_input": params})
+
     def pool(self, name: str = "default_pool") -> dict[str, Any]:
         return self.call("GET", f"/pools/{_q(name)}")
 
