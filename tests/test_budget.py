@@ -22,7 +22,7 @@ from flexflow.compiler.dag import compile_spec
 from flexflow.contract.sizes import credit_cost
 from flexflow.publishing.budget import DAYS_DIR, day_total, read_reservations
 from flexflow.publishing.ledger import LEDGER_DIR
-from flexflow.publishing.store import target_folder
+from flexflow.publishing.store import MAX_RECORD_BYTES, target_folder
 from flexflow.spec import SpecError, load_spec, parse_spec
 from flexflow.spec.budget import Estimate, estimate, over
 from flexflow.spec.cache import CACHE_DIR_ENV
@@ -228,6 +228,10 @@ def test_an_unreadable_reservation_refuses_the_run_rather_than_guessing_the_days
     ):
         read_reservations(target_folder(f"file://{tmp_path}", None))
     assert read_reservations(target_folder(f"file://{tmp_path}/no-such-day", None)) == [], "no run yet that day"
+    # A planted giant is refused the same way, without being read into memory whole.
+    (tmp_path / "manual__1.json").write_bytes(b" " * (MAX_RECORD_BYTES + 1))
+    with pytest.raises(AirflowFailException, match=f"larger than {MAX_RECORD_BYTES} bytes"):
+        read_reservations(target_folder(f"file://{tmp_path}", None))
 
 
 def test_a_per_day_cap_makes_prepare_run_one_at_a_time_so_runs_started_together_see_each_other() -> None:

@@ -24,6 +24,7 @@ from flexflow.emulator.images import render
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.publishing.reuse import REUSE_DIR, ReuseRefused, find_published, record_published, reused_image
+from flexflow.publishing.store import MAX_RECORD_BYTES
 from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, task_states
 from tests.conftest import ROOT as REPOSITORY
@@ -277,6 +278,15 @@ def test_an_index_entry_is_reused_only_when_its_files_are_under_the_root_and_unc
     for broken in (b"{not json", b"[]", json.dumps({"request_sha256": "cd" * 32, "files": [record]}).encode()):
         entry.write_bytes(broken)
         assert find_published(root, None, digest).files is None, broken
+
+    # Planted files are never read whole: an entry past the record limit, an image past its recorded size.
+    entry.write_bytes(b" " * MAX_RECORD_BYTES + json.dumps({"request_sha256": digest, "files": [record]}).encode())
+    refused = find_published(root, None, digest)
+    assert refused.files is None and f"larger than {MAX_RECORD_BYTES} bytes" in refused.why
+    record_published(root, None, digest, [record], "dag", "run1")
+    (tmp_path / "out" / "run1" / "a.png").write_bytes(image + b"\0" * 10_000_000)
+    refused = find_published(root, None, digest)
+    assert refused.files is None and f"larger than {record['bytes']} bytes" in refused.why
 
 
 def test_a_copy_is_decoded_whole_so_a_planted_file_that_is_no_image_is_refused(tmp_path: Path) -> None:

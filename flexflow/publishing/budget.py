@@ -22,7 +22,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
-from flexflow.publishing.store import fresh_listing, target_folder, url_of, write_atomic
+from flexflow.publishing.store import MAX_RECORD_BYTES, fresh_listing, read_bounded, target_folder, url_of, write_atomic
 from flexflow.spec.budget import NOTHING, Estimate, has_day_caps, over
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def read_reservations(folder: ObjectStoragePath) -> list[Any]:
         if not file.name.endswith(".json"):
             continue
         try:
-            record = json.loads(file.read_bytes())
+            record = json.loads(read_bounded(file, MAX_RECORD_BYTES))
             Estimate.from_dict(record["estimate"])
         except (ValueError, KeyError, TypeError) as exc:
             raise AirflowFailException(

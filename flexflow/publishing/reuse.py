@@ -24,9 +24,9 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from flexflow.client.requests import generation_request, request_digest
-from flexflow.client.results import DownloadedImage, DownloadError, check_image
+from flexflow.client.results import MAX_IMAGE_BYTES, DownloadedImage, DownloadError, check_image
 from flexflow.publishing.paths import PathRefused, checked_folder, checked_name
-from flexflow.publishing.store import target_folder, url_of, write_atomic
+from flexflow.publishing.store import MAX_RECORD_BYTES, TooLarge, read_bounded, target_folder, url_of, write_atomic
 
 REUSE_DIR = ".flexflow-reuse"
 REUSE_VERSION = 1
@@ -64,7 +64,7 @@ def find_published(root: str, conn_id: str | None, digest: str) -> Lookup:
     if not path.exists():
         return Lookup(None, "not published before")
     try:
-        files = _entry_files(json.loads(path.read_bytes()), digest)
+        files = _entry_files(json.loads(read_bounded(path, MAX_RECORD_BYTES)), digest)
         for file in files:
             _check_unchanged(file, root, conn_id)
     except (ValueError, TypeError, KeyError, OSError, ReuseRefused) as exc:
@@ -85,12 +85,13 @@ def _entry_files(entry: Any, digest: str) -> list[dict[str, Any]]:
 
 def _check_unchanged(file: Mapping[str, Any], root: str, conn_id: str | None) -> None:
     """The file lies under the root and still has the size and sha256 it was published with."""
-    data = _read_under_root(str(file["file"]), root, conn_id)
+    data = _read_under_root(str(file["file"]), root, conn_id, int(file["bytes"]))
     if len(data) != int(file["bytes"]) or hashlib.sha256(data).hexdigest() != file["sha256"]:
         raise ReuseRefused(f"{file['file']} changed since it was published")
 
 
-def _read_under_root(url: str, root: str, conn_id: str | None) -> bytes:
+def _read_under_root(url: str, root: str, conn_id: str | None, size: int) -> bytes:
+    """The file, when it lies under the root and has no more than the ``size`` it was published with."""
     folder, _, name = url.rpartition("/")
     try:
         checked_folder(folder, root)
@@ -100,7 +101,10 @@ def _read_under_root(url: str, root: str, conn_id: str | None) -> bytes:
     path = target_folder(url, conn_id)
     if not path.is_file():
         raise ReuseRefused(f"{url} is gone")
-    return path.read_bytes()
+    try:
+        return read_bounded(path, min(size, MAX_IMAGE_BYTES))
+    except TooLarge as exc:
+        raise ReuseRefused(f"{url} changed since it was published ({exc})") from exc
 
 
 def reused_image(
@@ -112,7 +116,7 @@ def reused_image(
 ) -> DownloadedImage:
     """A published file read back for a copy: unchanged and, decoded whole, the image the request asks for."""
     url = str(file["file"])
-    data = _read_under_root(url, root, conn_id)
+    data = _read_under_root(url, root, conn_id, int(file["bytes"]))
     try:
         image = check_image(url, data, expected_format, expected_size)
     except DownloadError as exc:

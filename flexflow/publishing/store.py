@@ -138,3 +138,25 @@ def _same_bytes(source: ObjectStoragePath, target: ObjectStoragePath) -> bool:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+#: The most a JSON record flexflow keeps beside the images may hold (a reuse index entry, a budget
+#: reservation): real ones are a few KB.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A file in a target is larger than what reads it allows: planted or changed, it is not read whole."""
+
+
+def read_bounded(path: ObjectStoragePath, limit: int) -> bytes:
+    """The file's bytes when it has at most ``limit`` of them; reading stops one byte past the limit.
+
+    Everything flexflow reads back from a target (index entries, reservations, published images) has a
+    size it knows; a file planted there must not make a task read gigabytes into memory.
+    """
+    with path.open("rb") as file:  # type: ignore[no-untyped-call]  # universal-pathlib types no open()
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"{url_of(path)} is larger than {limit} bytes")
+    return bytes(data)
