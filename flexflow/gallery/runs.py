@@ -29,14 +29,14 @@ from sqlalchemy.orm import Session
 
 from flexflow.client.results import MAX_IMAGE_BYTES
 from flexflow.publishing.paths import PathRefused, checked_name
+from flexflow.publishing.review import STAGING_XCOM_KEY
 from flexflow.spec.checks import RUN_FILES
 from flexflow.text import visible
 
 #: The task that writes the manifest (``compiler/layout.py: FINALIZE``) and its XCom.
 FINALIZE_TASK_ID = "finalize"
-#: The approval task, and the XCom it pushes while it waits: the staged run's manifest.
+#: The approval task (``compiler/layout.py: REVIEW``); it pushes STAGING_XCOM_KEY while it waits.
 REVIEW_TASK_ID = "review"
-STAGING_XCOM_KEY = "staging"
 #: How many of a DAG's latest runs are searched for one with a manifest.
 RECENT_RUNS = 50
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024

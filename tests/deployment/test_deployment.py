@@ -323,11 +323,14 @@ def test_a_reviewed_run_waits_parked_for_approval_and_a_rejected_one_publishes_n
     spec = load_spec(spec_file(deployment, dag_id))
     approved, rejected = trigger(deployment, dag_id), trigger(deployment, dag_id)
     for run_id in (approved, rejected):
-        wait_until(
-            lambda run_id=run_id: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
-            timeout=180,
-            what=f"{run_id}'s review waits for input",
-        )
+        try:
+            wait_until(
+                lambda run_id=run_id: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
+                timeout=180,
+                what=f"{run_id}'s review waits for input",
+            )
+        except TimeoutError as exc:
+            raise AssertionError(deployment.api.task_states(dag_id, run_id)) from exc
     active = [
         ti
         for run_id in (approved, rejected)

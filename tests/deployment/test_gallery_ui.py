@@ -5,6 +5,7 @@ api-server refuses it. Screenshots are saved as artifacts like test_ui.py's.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -14,6 +15,7 @@ pytest.importorskip("playwright.sync_api", reason="the browser tests need flexfl
 from playwright.sync_api import Browser, Page, expect
 
 from tests.deployment.harness.deployment import Deployment
+from tests.deployment.harness.waiting import wait_until
 from tests.deployment.helpers import check_published, finish, trigger
 from tests.deployment.test_ui import VIEWPORT, browser, open_dag, page, screenshot  # noqa: F401 (fixtures)
 
@@ -79,3 +81,42 @@ def test_the_gallery_refuses_a_browser_without_a_login(browser: Browser, deploym
         screenshot(anonymous, "gallery-refused")
     finally:
         context.close()
+
+
+def test_a_run_awaiting_approval_shows_in_the_gallery_and_is_approved_in_its_required_actions_form(
+    page: Page,  # noqa: F811
+    deployment: Deployment,
+    emulator: Any,
+) -> None:
+    """``publish.review: required``: while the run waits, its Gallery tab shows the staged images; the run's
+    page leads to Airflow's Required Actions, whose form approves it; then the run publishes."""
+    dag_id = "deploy_review"
+    run_id = trigger(deployment, dag_id)
+    wait_until(
+        lambda: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
+        timeout=180,
+        what="the review waits for input",
+    )
+    run_page = f"{deployment.api_url}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
+    page.goto(run_page)
+    page.get_by_role("link", name="Gallery", exact=True).click()
+    staged = page.frame_locator("iframe[title='Gallery']")
+    expect(staged.locator("img").first).to_be_visible()
+    expect(staged.get_by_text("A wide banner of a harbour at dawn").first).to_be_visible()
+    screenshot(page, "review-gallery-staged")
+
+    page.goto(run_page)
+    page.get_by_role("link", name=re.compile("Required Action")).first.click()
+    subject = page.get_by_text(f"Approve 2 image(s) of {dag_id} for publishing").first
+    expect(subject).to_be_visible()
+    screenshot(page, "review-required-actions")
+    subject.click()
+    approve = page.get_by_role("button", name="Approve", exact=True)
+    expect(approve).to_be_visible()
+    expect(page.get_by_role("button", name="Reject", exact=True)).to_be_visible()
+    screenshot(page, "review-approval-form")
+    approve.click()
+    assert finish(deployment, dag_id, run_id) == "success", deployment.api.task_states(dag_id, run_id)
+    [answer] = [deployment.api.xcom(dag_id, run_id, "review")]
+    assert answer["chosen_options"] == ["Approve"] and answer["responded_by_user"]["name"] == "admin"
+    assert len(check_published(deployment, dag_id, run_id)["files"]) == 2
