@@ -42,6 +42,7 @@ SPEC = """\
 version: 1
 dag_id: flexflow_test_review
 tags: [flexflow-test]
+params: {campaign: spring}
 defaults:
   flux: {resolution: 0.5MP, output_format: png}
   retries: 0
@@ -52,7 +53,7 @@ images:
     prompt: "a hero image of a bicycle"
     flux: {seed: 1}
   - name: card
-    prompt: "a card for the spring sale"
+    prompt: "a card for the {{ params.campaign }} sale"
     variants: {seed: [2, 3]}
 publish:
   to: "file:///tmp/flexflow-test-review/{{ run_id | replace(':', '_') }}"

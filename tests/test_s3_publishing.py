@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.publishing.paths import PathRefused, checked_folder
 from flexflow.publishing.reuse import REUSE_DIR, find_published, record_published
+from flexflow.publishing.review import STAGING_DIR
 from flexflow.publishing.store import fresh_listing, promote, url_of, write_atomic
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import CONTACT_SHEET_NAME
-from tests.airflow_helpers import load_module, rows, task_states, xcom
+from tests.airflow_helpers import answer_review, load_module, ready_to_answer_from_a_thread, rows, task_states, xcom
 from tests.conftest import ROOT as REPOSITORY
 from tests.conftest import SECRET_KEY, EmulatedAirflow
 from tests.s3_helpers import SECRET, S3Bucket
@@ -377,3 +379,48 @@ def test_promote_renames_a_local_file_and_a_rerun_after_it_is_done(tmp_path: Pat
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_an_approved_review_promotes_the_staged_objects_and_leaves_none_behind(
+    s3_bucket: S3Bucket, specs: Path, emulated_airflow: EmulatedAirflow
+) -> None:
+    """``review: required`` on S3: the images wait as objects under the run's staging prefix; approved, each is
+    copied server-side into place and its staged copy deleted, then the manifest and sheet are written."""
+    bucket = s3_bucket
+    filename = '  filename: "{image}{variant}.{ext}"\n'
+    text = (
+        spec_text(bucket)
+        .replace("budget: {credits_per_day: 15}\n", "")
+        .replace(filename, filename + "  review: required\n")
+    )
+    assert "review: required" in text
+    (Path(os.environ[SPECS_DIR_ENV]) / "s3.yaml").write_text(text)
+    dag = load_module(REPOSITORY / "tests/dags/flexflow_reuse_test_dags.py").DAGS[DAG_ID]
+    staged_then: dict[str, Any] = {}
+
+    def seen(run_id: str) -> dict[str, Any]:
+        prefix = f"out/spring/{run_id.replace(':', '_')}/"
+        staged_then["keys"] = bucket.keys(prefix)
+        return {}
+
+    ready_to_answer_from_a_thread()
+    responder = threading.Thread(target=lambda: answer_review(DAG_ID, "Approve", "ok", seen=seen), daemon=True)
+    responder.start()
+    dag_run = dag.test(logical_date=FIRST)
+    responder.join(timeout=30)
+    assert dag_run.state == "success", task_states(emulated_airflow.db, DAG_ID, dag_run.run_id)
+
+    prefix = run_prefix(dag_run)
+    names = ["card_seed-2.png", "card_seed-3.png", "hero.png"]
+    staged = [key for key in staged_then["keys"] if f"/{STAGING_DIR}/" in key]
+    assert sorted(key.rpartition("/")[2] for key in staged) == sorted([*names, MANIFEST_NAME, CONTACT_SHEET_NAME])
+    assert len(staged) == len(staged_then["keys"]), "while it waited, nothing was outside the staging prefix"
+    assert bucket.keys(prefix) == sorted(prefix + name for name in [*names, MANIFEST_NAME, CONTACT_SHEET_NAME]), (
+        "promoted, and no staged object left behind"
+    )
+    document = manifest(bucket, dag_run)
+    for record in document["files"]:
+        assert key_of(bucket, record["file"]) == prefix + record["name"]
+        assert hashlib.sha256(bucket.get(prefix + record["name"])).hexdigest() == record["sha256"]
+    assert {content_type(bucket, prefix + name) for name in names} == {"image/png"}, "the copy keeps its type"
+    assert emulated_airflow.emulator.accounting()["jobs_billed"] == JOBS

@@ -108,6 +108,8 @@ class ReviewRunOperator(HITLOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)  # a retry would ask again; clearing the task does that on purpose
+        # Airflow hands every task its DAG's params (the trigger form's); the approval form shows only its own.
+        kwargs.pop("params", None)
         super().__init__(
             subject="Approve images",  # set per run in execute, once the images are known
             options=[APPROVE, REJECT],
