@@ -12,6 +12,7 @@ Runs are deterministic (``derandomize=True``, no example database) and take a fe
 from __future__ import annotations
 
 import copy
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexflow.compiler.layout import task_layout
-from flexflow.spec import Spec, SpecError, parse_spec
+from flexflow.spec import Spec, SpecError, budget, parse_spec
 from flexflow.spec.yaml_source import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def check_outcome(text: str) -> Spec | None:
     # A spec that loads is usable: its jobs, sizes and tasks can be computed.
     assert spec.job_count >= len(spec.images) >= 1
     assert spec.megapixels > 0
-    assert spec.credits > 0
+    assert budget.estimate(spec, Decimal(1)).credits > 0
     assert task_layout(spec)
     return spec
 

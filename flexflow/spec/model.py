@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from flexflow.contract.params import JsonScalar, apply_defaults
-from flexflow.contract.sizes import billed_megapixels, credit_cost, megapixels
+from flexflow.contract.sizes import megapixels
 
 
 def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -128,14 +128,6 @@ class Spec:
     @property
     def megapixels(self) -> float:
         return float(sum(megapixels(str(flux["resolution"])) for _, _, flux in self.jobs()))
-
-    @property
-    def credits(self) -> int:
-        return sum(credit_cost(flux) for _, _, flux in self.jobs())
-
-    @property
-    def billed_megapixels(self) -> int:
-        return sum(billed_megapixels(flux) for _, _, flux in self.jobs())
 
 
 def build_variants(values: Mapping[str, list[JsonScalar]]) -> tuple[Variant, ...]:
