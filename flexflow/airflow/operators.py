@@ -158,9 +158,10 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         return body
 
     def execute(self, context: Context) -> Any:
-        self._skip_when_published(context)
+        body = self.build_request()  # once: the reuse check and the submission read the same body
+        self._skip_when_published(context, body)
         try:
-            record = self._submit_or_reconnect(context)
+            record = self._submit_or_reconnect(context, body)
             assert record.job_id is not None
             ti = context["ti"]
             ti.xcom_push(key=REQUEST_XCOM_KEY, value=record.request)
@@ -171,11 +172,10 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
         finally:
             self.hook.close()
 
-    def _skip_when_published(self, context: Context) -> None:
+    def _skip_when_published(self, context: Context, body: dict[str, Any]) -> None:
         """A request whose picture is already published costs nothing: it is not sent, the task is skipped."""
         if not self.reusable_requests:
             return
-        body = self.build_request()
         digest = request_digest(body)
         if digest in self.reusable_requests:
             context["ti"].xcom_push(key=REQUEST_XCOM_KEY, value=body)
@@ -184,18 +184,18 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
                 "the publish task copies it (set `reuse: false` in the spec to generate it again)"
             )
 
-    def _submit_or_reconnect(self, context: Context) -> JobRecord:
+    def _submit_or_reconnect(self, context: Context, body: dict[str, Any]) -> JobRecord:
         store = context.get("task_state_store")
         record = JobRecord.read(store.get(JOB_STATE_KEY)) if store is not None else None
         if record is None:
-            record = self._new_record(context["ti"], generation=0)
+            record = self._new_record(context["ti"], body, generation=0)
         elif record.job_id is not None:
             reuse = self.hook.reuse(record.job_id, record.request)
             if reuse.reusable:
                 self.log.info("reconnecting to job %s submitted by an earlier try (%s)", record.job_id, reuse.why)
                 return record
             self.log.warning("job %s from an earlier try %s", record.job_id, reuse.why)
-            record = self._new_record(context["ti"], generation=record.generation + 1)
+            record = self._new_record(context["ti"], body, generation=record.generation + 1)
         else:
             self.log.info("an earlier try sent this request without learning its job: sending the same body again")
         if store is not None:  # before the call: whatever happens to it, the next try sends the same
@@ -209,8 +209,7 @@ class FluxFlexOperator(JobWaiting, BaseOperator):
             store.set(JOB_STATE_KEY, asdict(record), retention=STATE_RETENTION)
         return record
 
-    def _new_record(self, ti: RuntimeTaskInstanceProtocol, generation: int) -> JobRecord:
-        body = self.build_request()
+    def _new_record(self, ti: RuntimeTaskInstanceProtocol, body: dict[str, Any], generation: int) -> JobRecord:
         map_index = ti.map_index if ti.map_index is not None else -1
         key = idempotency_key(ti.dag_id, ti.run_id, ti.task_id, map_index, body, generation)
         return JobRecord(body, key, generation)
