@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +211,12 @@ def test_the_request_shows_spec_and_api_text_inert() -> None:
     records = [
         {"name": "a.png", "width": 1, "height": 1, "job_id": "j`1", "prompt": hostile, "credit_cost": 4, "index": 1}
     ]
-    body = review_body(records, {"contact_sheet": "file:///x/index.html"}, None)
+    body = review_body(records, {"contact_sheet": "file:///x/index.html"}, timedelta(minutes=30))
     assert "](" not in body.replace("\\](", ""), "no link or image syntax survives"
     assert re.search(r"(?<!\\)<img", body) is None and "\\<img" in body, "no HTML either"
     assert "j'1" in body, "a backtick cannot end the job id's code span"
     assert "4 credit(s) already spent" in body
+    assert "Without an answer within 30m, nothing is published." in body
 
 
 def test_the_documented_example_plans_its_review(capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,8 +83,9 @@ def _section(dag_id: str, shown: Shown, base: str, heading: str) -> str:
     spend = manifest.get("spend") if isinstance(manifest.get("spend"), dict) else {}
     assert isinstance(spend, dict)
     totals = ", ".join(f"{inert_text(key)} {inert_text(value)}" for key, value in spend.items())
+    when = "staged_at" if shown.run.source is Source.STAGING else "published_at"
     meta = (
-        f"<p class=meta>published {inert_text(manifest.get('published_at'))} · {len(files)} image(s) · "
+        f"<p class=meta>{when.partition('_')[0]} {inert_text(manifest.get(when))} · {len(files)} image(s) · "
         f"{inert_text(manifest.get('jobs'))} job(s) · spend: {totals or 'not recorded'} · "
         f"manifest <code>{inert_text(shown.run.manifest_url)}</code></p>\n"
     )

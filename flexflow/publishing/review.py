@@ -23,6 +23,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
+from flexflow.defaults import shown
 from flexflow.publishing.contact_sheet import render_contact_sheet
 from flexflow.publishing.records import published_jobs, stored_records
 from flexflow.publishing.store import target_folder, url_of, write_atomic
@@ -115,8 +116,8 @@ class ReviewRunOperator(HITLOperator):
             options=[APPROVE, REJECT],
             params={
                 REASON: Param(
-                    "",
-                    type="string",
+                    None,  # optional: an approval needs no reason (a required field would disable the buttons)
+                    type=["null", "string"],
                     maxLength=MAX_REASON_CHARS,
                     title="Reason",
                     description="Why (recorded in the run's log; a rejected run ends with it)",
@@ -158,6 +159,8 @@ class ReviewRunOperator(HITLOperator):
             "run_id": context["run_id"],
             "staged_at": datetime.now(UTC).isoformat(),
             "review": "awaiting approval",
+            "jobs": len(published_jobs(records)),
+            "spend": {"credits": staged_credits(records)},
             "files": records,
         }
         manifest, sheet = folder / MANIFEST_NAME, folder / CONTACT_SHEET_NAME
@@ -177,7 +180,7 @@ def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any],
 
     Prompts and names are spec and API text: shown escaped, so none can make a link or an image of its own.
     """
-    cost = sum(int(r.get("credit_cost") or 0) for r in records if r.get("index", 1) == 1)
+    cost = staged_credits(records)
     lines = [
         f"{len(records)} image(s) wait in the staging folder, {cost} credit(s) already spent; nothing is billed "
         "again, whichever you choose.",
@@ -187,10 +190,10 @@ def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any],
     ]
     for record in records:
         prompt = str(record.get("prompt", ""))
-        shown = prompt if len(prompt) <= PROMPT_SHOWN else prompt[: PROMPT_SHOWN - 1] + "…"
+        excerpt = prompt if len(prompt) <= PROMPT_SHOWN else prompt[: PROMPT_SHOWN - 1] + "…"
         lines.append(
             f"- **{_escaped(record.get('name'))}** ({_escaped(record.get('width'))}x{_escaped(record.get('height'))},"
-            f" job `{_code(record.get('job_id'))}`): {_escaped(shown)}"
+            f" job `{_code(record.get('job_id'))}`): {_escaped(excerpt)}"
         )
     lines += [
         "",
@@ -198,8 +201,13 @@ def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any],
         "**Reject**: nothing is published; say why in the reason.",
     ]
     if timeout is not None:
-        lines.append(f"Without an answer within {timeout}, nothing is published.")
+        lines.append(f"Without an answer within {shown(timeout)}, nothing is published.")
     return "\n".join(lines)
+
+
+def staged_credits(records: Sequence[Mapping[str, Any]]) -> int:
+    """What the staged run's jobs cost: each job once (its first image's record), a reused one nothing."""
+    return sum(int(r.get("credit_cost") or 0) for r in records if r.get("index", 1) == 1)
 
 
 def _escaped(value: object) -> str:

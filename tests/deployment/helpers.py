@@ -80,6 +80,7 @@ budget: {credits_per_day: 5}
 """,
     # Two images approved, or not, by a person before they are published (publish settings below).
     "deploy_review": """
+reuse: false  # each run pays for its own two images, whichever test ran it first
 images:
   - name: banner
     prompt: "A wide banner of a harbour at dawn"

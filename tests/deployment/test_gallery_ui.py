@@ -103,10 +103,11 @@ def test_a_run_awaiting_approval_shows_in_the_gallery_and_is_approved_in_its_req
     staged = page.frame_locator("iframe[title='Gallery']")
     expect(staged.locator("img").first).to_be_visible()
     expect(staged.get_by_text("A wide banner of a harbour at dawn").first).to_be_visible()
+    expect(staged.get_by_text("2 image(s) · 2 job(s) · spend: credits 10")).to_be_visible()
     screenshot(page, "review-gallery-staged")
 
     page.goto(run_page)
-    page.get_by_role("link", name=re.compile("Required Action")).first.click()
+    page.get_by_role("button", name=re.compile("Required Action")).first.click()  # the run header's button
     subject = page.get_by_text(f"Approve 2 image(s) of {dag_id} for publishing").first
     expect(subject).to_be_visible()
     screenshot(page, "review-required-actions")
