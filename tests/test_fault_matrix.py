@@ -37,6 +37,7 @@ from flexflow.emulator import EmulatorServer
 from flexflow.emulator.faults import Fault
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.checks import RUN_FILES
 from tests.airflow_helpers import load_module, rows, task_states
 from tests.conftest import AIRFLOW_HOME, ROOT, SECRET_KEY, EmulatedAirflow
 from tests.guarantees_doc import publish_table
@@ -224,8 +225,8 @@ def checked_images(folder: Path) -> tuple[list[str], list[str]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
     partial = [p.name for p in files if p.name.endswith(".partial")]
     images = [p for p in files if p.suffix == ".png"]
-    others = [p.name for p in files if p not in images and p.name != MANIFEST_NAME and p.name not in partial]
-    assert others == [], f"a run stores its images and manifest, nothing else: {others}"
+    others = [p.name for p in files if p not in images and p.name not in RUN_FILES and p.name not in partial]
+    assert others == [], f"a run stores its images, manifest and contact sheet, nothing else: {others}"
     expected = output_size(FLUX)
     for path in images:
         with Image.open(path) as image:

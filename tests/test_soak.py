@@ -26,6 +26,7 @@ from PIL import Image
 from flexflow.contract import apply_defaults, output_size
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.spec.cache import CACHE_DIR_ENV
+from flexflow.spec.checks import RUN_FILES
 from tests.airflow_helpers import load_module, rows, task_states
 from tests.conftest import ROOT, EmulatedAirflow
 from tests.test_fault_matrix import holding_the_key, received_requests, stored_haystacks
@@ -58,11 +59,11 @@ def soak_dag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
 
 
 def check_published(folder: Path) -> list[dict[str, Any]]:
-    """Exactly the run's 500 images and its manifest, each image whole and as the manifest says."""
+    """Exactly the run's 500 images, its manifest and contact sheet, each image whole and as the manifest says."""
     files = sorted(p.name for p in folder.iterdir())
     assert [name for name in files if name.endswith(".partial")] == []
     names = sorted(f"tile_seed-{seed}-{n}.png" for seed in range(1, JOBS + 1) for n in range(1, PER_JOB + 1))
-    assert files == sorted([*names, MANIFEST_NAME])
+    assert files == sorted([*names, *RUN_FILES])
     entries: list[dict[str, Any]] = json.loads((folder / MANIFEST_NAME).read_text())["files"]
     assert sorted(entry["name"] for entry in entries) == names
     size = output_size(apply_defaults({"resolution": "0.5MP", "output_format": "png"}))

@@ -192,6 +192,8 @@ def asset_problems(uri: str) -> list[str]:
         return ["the scheme 'airflow' is reserved by Airflow"]
     if scheme and not scheme.startswith("x-") and parsed.password:
         return ["holds a password; a spec holds no secrets"]
+    if scheme == "s3" and not parsed.netloc:  # the Amazon provider's URI check (flexflow[s3] installs it)
+        return ["an s3:// asset needs a bucket: s3://bucket/key (Airflow's Amazon provider refuses it otherwise)"]
     normalized = _normalized(parsed, scheme) if scheme and not scheme.startswith("x-") else uri
     problem = _identifier_problem(normalized)
     return [f"as Airflow normalizes it ({normalized!r}), {problem}"] if problem else []
