@@ -436,11 +436,18 @@ def _emulator_connection(url: str) -> dict[str, Any]:
 # -- what the run's metadata database says -------------------------------------------------------
 
 
-def _query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+def _query(db: Path, sql: str, *args: object, recover: bool = False) -> list[tuple[Any, ...]]:
+    """Rows of the run's database; none while it is missing or busy (progress reads again next tick).
+
+    ``recover``: read as a writer, waiting longer. A child killed in the middle of a write leaves a hot
+    journal, which only a connection that may write rolls back: read-only, the jobs it submitted would
+    read as none, just when they must be listed.
+    """
+    target, timeout = (str(db), 10.0) if recover else (f"file:{db}?mode=ro", 1.0)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
+        with sqlite3.connect(target, uri=not recover, timeout=timeout) as connection:
             return connection.execute(sql, args).fetchall()
-    except sqlite3.Error:  # not created yet, or busy: the next tick reads again
+    except sqlite3.Error:
         return []
 
 
@@ -451,8 +458,12 @@ class SubmittedJob:
     job_id: str | None  # None: the request was sent, its answer never came (the resumed try sends it again)
 
 
-def _submitted_jobs(db: Path, spec: Spec, run_id: str) -> list[SubmittedJob]:
-    """The jobs the run's submit tasks sent, from ``task_state_store`` (written before each request left)."""
+def _submitted_jobs(db: Path, spec: Spec, run_id: str, *, recover: bool = True) -> list[SubmittedJob]:
+    """The jobs the run's submit tasks sent, from ``task_state_store`` (written before each request left).
+
+    ``recover`` (the child has ended: the jobs must be listed) as in :func:`_query`; the progress display,
+    while the child runs, reads without it and never waits.
+    """
     rows = _query(
         db,
         "SELECT task_id, map_index, value FROM task_state_store WHERE dag_id = ? AND run_id = ? AND key = ? "
@@ -460,6 +471,7 @@ def _submitted_jobs(db: Path, spec: Spec, run_id: str) -> list[SubmittedJob]:
         spec.dag_id,
         run_id,
         "flexflow_job",
+        recover=recover,
     )
     images = {image.name: image for image in spec.images}
     jobs = []
@@ -500,7 +512,7 @@ def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, run_id:
         )
         if not states:
             continue
-        submitted = sum(1 for job in _submitted_jobs(db, spec, run_id) if job.job_id)
+        submitted = sum(1 for job in _submitted_jobs(db, spec, run_id, recover=False) if job.job_id)
         line = _progress_line(states, submitted, spec.job_count)
         if line != shown:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
