@@ -145,6 +145,14 @@ class Workspace:
         return int(count)
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line; none for one that ended (or is a zombie) while the children were listed."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 class Command:
     """``flexflow run`` started as a real process; its output is collected as it comes."""
 
@@ -178,7 +186,7 @@ class Command:
             children = psutil.Process(self.process.pid).children()
         except psutil.NoSuchProcess:
             return None
-        child = next((c for c in children if "flexflow.run" in " ".join(c.cmdline())), None)
+        child = next((c for c in children if "flexflow.run" in " ".join(_cmdline(c))), None)
         if child is not None:
             self.child_pid = child.pid
         return child
