@@ -26,7 +26,7 @@ from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.emulator import EmulatorServer
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.reuse import REUSE_DIR
-from flexflow.publishing.review import STAGING_DIR, review_body, staging_folder
+from flexflow.publishing.review import MAX_REASON_CHARS, STAGING_DIR, Decision, review_body, staging_folder
 from flexflow.spec import SpecError, load_spec
 from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME
@@ -236,3 +236,19 @@ def test_flexflow_run_refuses_a_reviewed_spec_before_it_pays(
     assert flexflow_main(["run", "--home", str(tmp_path / "home"), str(example)]) == 2
     assert "has publish.review: required" in capsys.readouterr().err
     assert not (tmp_path / "home").exists(), "nothing was set up, nothing submitted"
+
+
+def test_a_decision_says_who_answered_what_and_why_in_bounded_inert_text() -> None:
+    decision = Decision.from_result(
+        {
+            "chosen_options": ["Reject"],
+            "params_input": {"reason": "off brand\n[INFO] fake log line" + "x" * 5000},
+            "responded_by_user": {"id": "7", "name": "rita\u202e"},
+            "responded_at": "2026-12-07T10:00:00+00:00",
+        }
+    )
+    assert decision is not None and not decision.approved
+    said = decision.said()
+    assert said.startswith("rejected by rita[U+202E]: 'off brand[U+000A][INFO] fake log line")
+    assert len(decision.reason) == MAX_REASON_CHARS + len("[U+000A]") - 1, "kept to the limit, then made visible"
+    assert Decision.from_result(None) is None and Decision.from_result({"chosen_options": "Approve"}) is None

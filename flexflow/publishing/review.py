@@ -40,6 +40,8 @@ STAGING_XCOM_KEY = "staging"
 APPROVE, REJECT = "Approve", "Reject"
 #: The form's one field: why (shown in the run's log and the failure of a rejected run).
 REASON = "reason"
+#: How much of the reason the run keeps. Not a form limit: the REST API does not check the form's params
+#: before the task resumes, and a param that fails validation there would fail an answered review.
 MAX_REASON_CHARS = 2000
 #: How much of a prompt the approval request shows (the contact sheet shows it whole).
 PROMPT_SHOWN = 160
@@ -74,7 +76,7 @@ class Decision:
         return cls(
             approved=result["chosen_options"] == [APPROVE],
             by=visible(by),
-            reason=visible(str(reason or "")).strip(),
+            reason=visible(str(reason or "")[:MAX_REASON_CHARS]).strip(),
             at=str(result.get("responded_at") or ""),
         )
 
@@ -118,7 +120,6 @@ class ReviewRunOperator(HITLOperator):
                 REASON: Param(
                     None,  # optional: an approval needs no reason (a required field would disable the buttons)
                     type=["null", "string"],
-                    maxLength=MAX_REASON_CHARS,
                     title="Reason",
                     description="Why (recorded in the run's log; a rejected run ends with it)",
                 )
