@@ -438,13 +438,13 @@ def test_a_second_look_reads_no_file_and_a_rewritten_file_is_checked_again(
 
     client.get(gallery_url())  # verified and cached
     read: list[str] = []
-    real = gallery_runs._read_at_most
+    real = gallery_runs.read_bounded
 
     def counting(path: Any, limit: int) -> bytes:
         read.append(str(path))
         return real(path, limit)
 
-    monkeypatch.setattr(gallery_runs, "_read_at_most", counting)
+    monkeypatch.setattr(gallery_runs, "read_bounded", counting)
     page = client.get(gallery_url()).text
     for query in thumbnails(page):
         assert client.get(f"/flexflow/dags/{DAG_ID}/thumbnail", params={k: v[0] for k, v in query.items()}).is_success

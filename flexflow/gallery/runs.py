@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, BinaryIO
+from typing import Any
 
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from flexflow.client.results import MAX_IMAGE_BYTES
 from flexflow.publishing.paths import PathRefused, checked_name
 from flexflow.publishing.review import STAGING_XCOM_KEY
+from flexflow.publishing.store import TooLarge, read_bounded
 from flexflow.spec.checks import RUN_FILES
 from flexflow.text import visible
 
@@ -76,11 +77,11 @@ class RunManifest:
         """The manifest document; GalleryError when it is missing, too large or not a manifest."""
         path = ObjectStoragePath(self.manifest_url, conn_id=self.conn_id)
         try:
-            data = _read_at_most(path, MAX_MANIFEST_BYTES)
+            data = read_bounded(path, MAX_MANIFEST_BYTES)
+        except TooLarge as exc:
+            raise GalleryError(f"the manifest of run {self.run_id} is larger than {MAX_MANIFEST_BYTES} bytes") from exc
         except (OSError, ValueError) as exc:
             raise GalleryError(f"the manifest {self.manifest_url} of run {self.run_id} cannot be read ({exc})") from exc
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise GalleryError(f"the manifest of run {self.run_id} is larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             document = json.loads(data)
         except ValueError as exc:
@@ -193,11 +194,11 @@ def verified_file(run: RunManifest, entry: dict[str, Any]) -> bytes:
         raise GalleryError("the file's name is not a plain file name in the run's folder; it is not shown")
     path = run.folder() / name
     try:
-        data = _read_at_most(path, MAX_IMAGE_BYTES)
+        data = read_bounded(path, MAX_IMAGE_BYTES)
+    except TooLarge as exc:
+        raise GalleryError(f"{name} is larger than {MAX_IMAGE_BYTES} bytes; it is not shown") from exc
     except (OSError, ValueError) as exc:
         raise GalleryError(f"{name} cannot be read ({type(exc).__name__})") from exc
-    if len(data) > MAX_IMAGE_BYTES:
-        raise GalleryError(f"{name} is larger than {MAX_IMAGE_BYTES} bytes; it is not shown")
     if not isinstance(entry.get("sha256"), str):
         raise GalleryError(f"the manifest records no sha256 for {name}; it is not shown")
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -231,13 +232,6 @@ def checked_thumbnail(run: RunManifest, entry: dict[str, Any]) -> bytes:
         while len(_THUMBNAILS) > THUMBNAIL_CACHE_SIZE:
             _THUMBNAILS.popitem(last=False)
     return small
-
-
-def _read_at_most(path: ObjectStoragePath, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of the file: one more than allowed says it is too large, without reading it all."""
-    stream: BinaryIO = path.open("rb")  # type: ignore[no-untyped-call]
-    with stream:
-        return stream.read(limit + 1)
 
 
 def thumbnail(data: bytes) -> bytes:
