@@ -143,3 +143,17 @@ def emulated_airflow(
 ) -> EmulatedAirflow:
     """What a test running a DAG through Airflow against the emulator needs, in one fixture."""
     return EmulatedAirflow(emulator, airflow_db, apiframe_connection, capfd, caplog)
+
+
+@pytest.fixture
+def spec_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty specs folder that the tests' DAG-folder loader (``tests/dags/flexflow_reuse_test_dags.py``)
+    compiles, with a spec cache of its own, outside any DAG-parsing context."""
+    from flexflow.compiler.loader import SPECS_DIR_ENV
+    from flexflow.spec.cache import CACHE_DIR_ENV
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
+    monkeypatch.setenv(SPECS_DIR_ENV, str(tmp_path / "specs"))
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    (tmp_path / "specs").mkdir()
+    return tmp_path / "specs"

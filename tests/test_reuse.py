@@ -25,7 +25,6 @@ from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME
 from flexflow.publishing.reuse import REUSE_DIR, ReuseRefused, find_published, record_published, reused_image
 from flexflow.publishing.store import MAX_RECORD_BYTES
-from flexflow.spec.cache import CACHE_DIR_ENV
 from tests.airflow_helpers import load_module, task_states
 from tests.conftest import ROOT as REPOSITORY
 
@@ -61,10 +60,7 @@ def spec_text(hero: str = "a hero image of a bicycle", extra: str = "") -> str:
 
 
 @pytest.fixture
-def reuse_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
-    monkeypatch.setenv(SPECS_DIR_ENV, str(tmp_path / "specs"))
-    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+def reuse_root(spec_folder: Path) -> Iterator[Path]:
     shutil.rmtree(ROOT, ignore_errors=True)
     yield ROOT
     shutil.rmtree(ROOT, ignore_errors=True)
@@ -75,7 +71,6 @@ def run(
 ) -> tuple[Any, dict[str, tuple[str, int]]]:
     """The spec, as its DAG file compiles it, run once at ``when`` (with ``conf``: the trigger form's values)."""
     specs = Path(os.environ[SPECS_DIR_ENV])
-    specs.mkdir(exist_ok=True)
     (specs / "reuse.yaml").write_text(text)
     dag = load_module(REPOSITORY / "tests/dags/flexflow_reuse_test_dags.py").DAGS["flexflow_test_reuse"]
     dag_run = dag.test(logical_date=when, run_conf=conf)

@@ -28,7 +28,6 @@ from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.reuse import REUSE_DIR
 from flexflow.publishing.review import MAX_REASON_CHARS, STAGING_DIR, Decision, review_body, staging_folder
 from flexflow.spec import SpecError, load_spec
-from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME
 from tests.airflow_helpers import answer_review, load_module, ready_to_answer_from_a_thread, rows, task_states, xcom
 from tests.conftest import ROOT as REPOSITORY
@@ -66,10 +65,7 @@ NAMES = ["card_seed-2.png", "card_seed-3.png", "hero.png"]
 
 
 @pytest.fixture
-def review_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
-    monkeypatch.setenv(SPECS_DIR_ENV, str(tmp_path / "specs"))
-    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+def review_root(spec_folder: Path) -> Iterator[Path]:
     shutil.rmtree(ROOT, ignore_errors=True)
     yield ROOT
     shutil.rmtree(ROOT, ignore_errors=True)
@@ -78,7 +74,6 @@ def review_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pat
 def run_answered(text: str, when: datetime, answer: str, reason: str = "") -> tuple[Any, dict[str, Any]]:
     """The spec's DAG run once at ``when``, its review answered ``answer`` by a person once it waits."""
     specs = Path(os.environ[SPECS_DIR_ENV])
-    specs.mkdir(exist_ok=True)
     (specs / "review.yaml").write_text(text)
     dag = load_module(REPOSITORY / "tests/dags/flexflow_reuse_test_dags.py").DAGS["flexflow_test_review"]
     answered: dict[str, Any] = {}

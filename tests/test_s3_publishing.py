@@ -29,7 +29,6 @@ from flexflow.publishing.paths import PathRefused, checked_folder
 from flexflow.publishing.reuse import REUSE_DIR, find_published, record_published
 from flexflow.publishing.review import STAGING_DIR
 from flexflow.publishing.store import fresh_listing, promote, url_of, write_atomic
-from flexflow.spec.cache import CACHE_DIR_ENV
 from flexflow.spec.checks import CONTACT_SHEET_NAME
 from tests.airflow_helpers import answer_review, load_module, ready_to_answer_from_a_thread, rows, task_states, xcom
 from tests.conftest import ROOT as REPOSITORY
@@ -70,12 +69,8 @@ def spec_text(bucket: S3Bucket, hero: str = "a hero image of a bicycle") -> str:
 
 
 @pytest.fixture
-def specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "spec-cache"))
-    monkeypatch.setenv(SPECS_DIR_ENV, str(tmp_path / "specs"))
-    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
-    (tmp_path / "specs").mkdir()
-    return tmp_path / "specs"
+def specs(spec_folder: Path) -> Path:
+    return spec_folder
 
 
 def run(
