@@ -188,6 +188,29 @@ def wait_until_deferred(deployment: Deployment, dag_id: str, run_id: str, count:
     wait_until(deferred, timeout, f"{count} deferred wait tasks of {run_id}", interval=0.5, check=jobs_still_running)
 
 
+def wait_until_parked(deployment: Deployment, dag_id: str, run_id: str, task_id: str, timeout: float = 180) -> None:
+    """Until ``task_id`` waits in ``awaiting_input`` and the scheduler has taken in the exit of the process that
+    parked it. Answered before that, Airflow 3.3's scheduler reads the parked process's late "success" as a task
+    killed behind its back and fails the resumed task (apache/airflow#72716, docs/spec.md): a person never
+    answers within that second, a test does."""
+    wait_until(
+        lambda: deployment.api.task_states(dag_id, run_id).get(task_id) == "awaiting_input",
+        timeout,
+        f"{run_id}'s {task_id} waits for input",
+        check=deployment.check_alive,
+    )
+    exit_seen = (
+        f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{dag_id}', "
+        f"task_id='{task_id}', run_id='{run_id}'"
+    )
+    wait_until(
+        lambda: exit_seen in deployment.service("scheduler").log_path.read_text(errors="replace"),
+        timeout,
+        f"the scheduler took in the exit of {run_id}'s parked {task_id}",
+        check=deployment.check_alive,
+    )
+
+
 def assert_waits_hold_no_slot(deployment: Deployment, dag_id: str, run_id: str, count: int) -> dict[str, Any]:
     """All ``count`` job tasks deferred: each holds a slot of flexflow's pool (that caps jobs in flight),
     but no slot of the default pool, no executor slot and no process."""

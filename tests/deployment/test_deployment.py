@@ -35,6 +35,7 @@ from tests.deployment.helpers import (
     spec_file,
     trigger,
     wait_until_deferred,
+    wait_until_parked,
     waits,
 )
 
@@ -324,11 +325,7 @@ def test_a_reviewed_run_waits_parked_for_approval_and_a_rejected_one_publishes_n
     approved, rejected = trigger(deployment, dag_id), trigger(deployment, dag_id)
     for run_id in (approved, rejected):
         try:
-            wait_until(
-                lambda run_id=run_id: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
-                timeout=180,
-                what=f"{run_id}'s review waits for input",
-            )
+            wait_until_parked(deployment, dag_id, run_id, "review")
         except TimeoutError as exc:
             raise AssertionError(deployment.api.task_states(dag_id, run_id)) from exc
     active = [

@@ -15,8 +15,7 @@ pytest.importorskip("playwright.sync_api", reason="the browser tests need flexfl
 from playwright.sync_api import Browser, Page, expect
 
 from tests.deployment.harness.deployment import Deployment
-from tests.deployment.harness.waiting import wait_until
-from tests.deployment.helpers import check_published, finish, trigger
+from tests.deployment.helpers import check_published, finish, trigger, wait_until_parked
 from tests.deployment.test_ui import VIEWPORT, browser, open_dag, page, screenshot  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.deployment, pytest.mark.parametrize("deployment", ["local"], indirect=True)]
@@ -92,11 +91,7 @@ def test_a_run_awaiting_approval_shows_in_the_gallery_and_is_approved_in_its_req
     page leads to Airflow's Required Actions, whose form approves it; then the run publishes."""
     dag_id = "deploy_review"
     run_id = trigger(deployment, dag_id)
-    wait_until(
-        lambda: deployment.api.task_states(dag_id, run_id).get("review") == "awaiting_input",
-        timeout=180,
-        what="the review waits for input",
-    )
+    wait_until_parked(deployment, dag_id, run_id, "review")
     run_page = f"{deployment.api_url}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
     page.goto(run_page)
     page.get_by_role("link", name="Gallery", exact=True).click()
