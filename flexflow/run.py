@@ -119,6 +119,13 @@ class RunHome:
 
 
 @dataclass(frozen=True)
+class SubmittedJob:
+    image: str
+    variant: str
+    job_id: str | None  # None: the request was sent, its answer never came (the resumed try sends it again)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One run of a spec, written under the home before its child starts: what a rerun needs to resume it.
 
@@ -134,6 +141,10 @@ class RunRecord:
     connection: str | None
     conf: dict[str, Any] | None
     state: str = "running"
+    #: The jobs its earlier, interrupted attempts submitted. A resumed ``dag.test()`` recreates the run, and
+    #: the submit records go with the old one (each comes back as its task reconnects): kept here, a stop
+    #: still lists every job the run paid for.
+    earlier_jobs: tuple[SubmittedJob, ...] = ()
 
     @property
     def run_id(self) -> str:
@@ -142,9 +153,18 @@ class RunRecord:
     @classmethod
     def load(cls, path: Path) -> RunRecord | None:
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):  # none yet, or unreadable: nothing to resume
+            fields = json.loads(path.read_text())
+            fields["earlier_jobs"] = tuple(SubmittedJob(**job) for job in fields.get("earlier_jobs", ()))
+            return cls(**fields)
+        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or unreadable: nothing to resume
             return None
+
+    def jobs(self, db: Path, spec: Spec, *, recover: bool = True) -> list[SubmittedJob]:
+        """Every job this run submitted: the records in its database, over those of its earlier attempts."""
+        current = {(job.image, job.variant): job for job in _submitted_jobs(db, spec, self.run_id, recover=recover)}
+        jobs = {(job.image, job.variant): job for job in self.earlier_jobs} | current
+        order = [(image.name, variant.label) for image in spec.images for variant in image.variants]
+        return [jobs[key] for key in order if key in jobs]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +304,7 @@ def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) 
             print(f"running {spec.dag_id}: {spec.job_count} job(s) ...", flush=True)
             child = _start_child(home, record, env, log, lock)
             try:
-                _show_progress(child, home.db, spec, record.run_id)
+                _show_progress(child, home.db, spec, record)
             except _Stopped as stopped:
                 _stop(child)
                 result = _read_result(home)
@@ -294,7 +314,7 @@ def _run_locked(args: argparse.Namespace, spec: Spec, home: RunHome, lock: int) 
                     _report(home, spec, result, log_file)
                     return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
                 print(f"\nstopped by {stopped}: the run of {spec.dag_id} did not finish")
-                _print_submitted(home, spec, record.run_id)
+                _print_submitted(record.run_id, spec, record.jobs(home.db, spec))
                 print(_resume_hint(args), flush=True)
                 return EXIT_SIGNALLED[signal.Signals(stopped.signum)]
         finally:
@@ -321,7 +341,7 @@ def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None
         )
     if previous is None or previous.state != "running":
         return fresh  # a finished run (success or failure) is not resumed
-    submitted = _submitted_jobs(home.db, spec, previous.run_id)
+    submitted = previous.jobs(home.db, spec)
     if previous.spec_sha256 == digest and previous.connection == connection:
         fate = (
             "they are reconnected to (same Idempotency-Keys), not paid again"
@@ -333,14 +353,14 @@ def _this_run(home: RunHome, spec: Spec, spec_file: Path, connection: str | None
             f"submitted before it stopped; {fate}",
             flush=True,
         )
-        return previous
+        return replace(previous, earlier_jobs=tuple(submitted))
     why = "the spec file changed" if previous.spec_sha256 != digest else "the --connection changed"
     print(
         f"cannot resume the interrupted run {previous.run_id} of {spec.dag_id}: {why} since it started, so its "
         f"requests would differ. Its {len(submitted)} submitted job(s) were already paid; this is a new run.",
         flush=True,
     )
-    _print_submitted(home, spec, previous.run_id, submitted)
+    _print_submitted(previous.run_id, spec, submitted)
     return fresh
 
 
@@ -397,7 +417,7 @@ def _after_child(
     if result is None:  # the child died before it could say how the run ended: the run can be resumed
         how = f"was killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0 else "crashed"
         print(f"\nthe Airflow process running {spec.dag_id} {how} before the run finished")
-        _print_submitted(home, spec, record.run_id)
+        _print_submitted(record.run_id, spec, record.jobs(home.db, spec))
         print(_resume_hint(args))
         print(f"Airflow's log of the run: {log_file}")
         return EXIT_FAILED
@@ -451,13 +471,6 @@ def _query(db: Path, sql: str, *args: object, recover: bool = False) -> list[tup
         return []
 
 
-@dataclass(frozen=True)
-class SubmittedJob:
-    image: str
-    variant: str
-    job_id: str | None  # None: the request was sent, its answer never came (the resumed try sends it again)
-
-
 def _submitted_jobs(db: Path, spec: Spec, run_id: str, *, recover: bool = True) -> list[SubmittedJob]:
     """The jobs the run's submit tasks sent, from ``task_state_store`` (written before each request left).
 
@@ -495,24 +508,23 @@ def _job_id(value: object) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
-def _print_submitted(home: RunHome, spec: Spec, run_id: str, jobs: list[SubmittedJob] | None = None) -> None:
-    jobs = _submitted_jobs(home.db, spec, run_id) if jobs is None else jobs
+def _print_submitted(run_id: str, spec: Spec, jobs: list[SubmittedJob]) -> None:
     print(f"jobs submitted by run {run_id}: {len(jobs)} of {spec.job_count}")
     for job in jobs:
         print(f"  {job.image}{job.variant}: {job.job_id or 'sent, no answer received (it may exist)'}")
 
 
-def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, run_id: str) -> None:
+def _show_progress(child: subprocess.Popen[bytes], db: Path, spec: Spec, record: RunRecord) -> None:
     shown = ""
     started = time.monotonic()
     while child.poll() is None:
         time.sleep(0.5)
         states = _query(
-            db, "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", spec.dag_id, run_id
+            db, "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", spec.dag_id, record.run_id
         )
         if not states:
             continue
-        submitted = sum(1 for job in _submitted_jobs(db, spec, run_id, recover=False) if job.job_id)
+        submitted = sum(1 for job in record.jobs(db, spec, recover=False) if job.job_id)
         line = _progress_line(states, submitted, spec.job_count)
         if line != shown:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)

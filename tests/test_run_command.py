@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flexflow.compiler.dag_file import DAG_FILE_NAME, dag_file_source
-from flexflow.run import RESULT_FILE, RunHome, RunRecord, _this_run, home_lock
+from flexflow.run import RESULT_FILE, RunHome, RunRecord, SubmittedJob, _this_run, home_lock
 from flexflow.spec import load_spec
 from tests.airflow_helpers import clear_publish_root
 from tests.conftest import ROOT
@@ -123,9 +123,27 @@ def test_an_interrupted_run_of_the_same_spec_is_resumed(tmp_path: Path, capsys: 
     home = RunHome(tmp_path)
     previous = _record(home, VARIANT_SPEC)
     _submitted(home, previous.run_id, ("hero_banner.submit", -1, "job-1"), ("story.submit", 1, None))
-    assert _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None) == previous
+    resumed = _this_run(home, load_spec(VARIANT_SPEC), VARIANT_SPEC, None)
+    assert replace(resumed, earlier_jobs=()) == previous
+    assert resumed.earlier_jobs == (SubmittedJob("hero_banner", "", "job-1"), SubmittedJob("story", "_seed-2", None))
     out = capsys.readouterr().out
     assert f"resuming the interrupted run {previous.run_id} of spring_social_refresh: 2 job(s)" in out
+
+
+def test_a_resumed_run_still_lists_the_jobs_its_earlier_attempts_paid_for(tmp_path: Path) -> None:
+    """dag.test() recreates a resumed run, and the old run's submit records go with it: the run record keeps
+    them, so a stop of the resumed attempt lists every job paid for, the newest record of each first."""
+    home = RunHome(tmp_path)
+    spec = load_spec(VARIANT_SPEC)
+    earlier = (SubmittedJob("story", "_seed-3", "job-3"), SubmittedJob("hero_banner", "", None))
+    record = _record(home, VARIANT_SPEC, earlier_jobs=earlier)
+    assert RunRecord.load(home.record_file(record.dag_id)) == record, "saved and loaded whole"
+    _submitted(home, record.run_id, ("hero_banner.submit", -1, "job-1"), ("story.submit", 0, "job-2"))
+    assert record.jobs(home.db, spec) == [
+        SubmittedJob("hero_banner", "", "job-1"),  # the resumed try's answer, over the earlier "sent" record
+        SubmittedJob("story", "_seed-1", "job-2"),
+        SubmittedJob("story", "_seed-3", "job-3"),  # its record went with the recreated run
+    ]
 
 
 def test_a_finished_run_is_not_resumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
