@@ -26,7 +26,14 @@ from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.emulator import EmulatorServer
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.reuse import REUSE_DIR
-from flexflow.publishing.review import MAX_REASON_CHARS, STAGING_DIR, Decision, review_body, staging_folder
+from flexflow.publishing.review import (
+    MAX_REASON_CHARS,
+    STAGING_DIR,
+    Decision,
+    ReviewRunOperator,
+    review_body,
+    staging_folder,
+)
 from flexflow.spec import SpecError, load_spec
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME
 from tests.airflow_helpers import answer_review, load_module, ready_to_answer_from_a_thread, rows, task_states, xcom
@@ -247,3 +254,26 @@ def test_a_decision_says_who_answered_what_and_why_in_bounded_inert_text() -> No
     assert said.startswith("rejected by rita[U+202E]: 'off brand[U+000A][INFO] fake log line")
     assert len(decision.reason) == MAX_REASON_CHARS + len("[U+000A]") - 1, "kept to the limit, then made visible"
     assert Decision.from_result(None) is None and Decision.from_result({"chosen_options": "Approve"}) is None
+
+
+def test_an_answer_whose_params_the_form_could_not_send_still_counts() -> None:
+    """The REST API passes an answer's params on unchecked: a reason that is not a string, or a field the
+    form lacks, must not fail a review that was answered (it would leave the run unpublished)."""
+    review = ReviewRunOperator(
+        task_id="review",
+        publish_task_ids=["banner.publish"],
+        expected_files=1,
+        target=None,
+        response_timeout=timedelta(days=1),
+    )
+    event = {
+        "chosen_options": ["Approve"],
+        "params_input": {"reason": {"why": ["on", "brand"]}, "extra": 7},
+        "responded_at": datetime(2026, 12, 7, 10, tzinfo=UTC),
+        "responded_by_user": {"id": "7", "name": "rita"},
+    }
+    decision = Decision.from_result(review.execute_complete({}, event))  # type: ignore[arg-type]
+    assert decision is not None and decision.approved
+    assert decision.said() == "approved by rita: \"{'why': ['on', 'brand']}\""
+    with pytest.raises(ValueError, match="not in"):  # an option the request did not offer still fails
+        review.execute_complete({}, {**event, "chosen_options": ["Publish everything"]})  # type: ignore[arg-type]

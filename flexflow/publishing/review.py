@@ -40,8 +40,8 @@ STAGING_XCOM_KEY = "staging"
 APPROVE, REJECT = "Approve", "Reject"
 #: The form's one field: why (shown in the run's log and the failure of a rejected run).
 REASON = "reason"
-#: How much of the reason the run keeps. Not a form limit: the REST API does not check the form's params
-#: before the task resumes, and a param that fails validation there would fail an answered review.
+#: How much of the reason the run keeps. Not a form limit: the REST API does not check the form's params,
+#: so the task accepts any answer's params (see ``ReviewRunOperator.validate_params_input``) and bounds them.
 MAX_REASON_CHARS = 2000
 #: How much of a prompt the approval request shows (the contact sheet shows it whole).
 PROMPT_SHOWN = 160
@@ -143,6 +143,14 @@ class ReviewRunOperator(HITLOperator):
         self.subject = f"Approve {len(records)} image(s) of {ti.dag_id} for publishing"
         self.body = review_body(records, staged, self.response_timeout)
         return super().execute(context)
+
+    def validate_params_input(self, params_input: Mapping[str, Any]) -> None:
+        """Accept what the answer's params hold, whatever it is.
+
+        The form only sends a string or nothing, but the REST API passes params on unchecked: a reason of
+        another type, or a field the form does not have, would fail here a review that was answered.
+        :class:`Decision` reads the reason as bounded text and ignores the rest.
+        """
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         result = super().execute_complete(context, event)
