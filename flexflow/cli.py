@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("targets", nargs="+", metavar="TARGET_OR_SPECS")
     report.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day and later")
     report.add_argument("--format", choices=("text", "json"), default="text")
+    report.add_argument(
+        "--conn-id",
+        metavar="ID",
+        help="the Airflow connection that reaches targets given as object store URLs (s3://bucket/folder); "
+        "a spec's publish root comes with its own publish.conn_id",
+    )
     _add_price_argument(
         report,
         f"USD per billed megapixel (default {DEFAULT_PRICE_PER_MEGAPIXEL})",
@@ -362,7 +368,7 @@ def _report(args: argparse.Namespace) -> int:
     from flexflow.publishing.ledger import LedgerError, ledger_folders, read_records, render_report, summed
 
     try:
-        records = read_records(ledger_folders(args.targets), args.since)
+        records = read_records(ledger_folders(args.targets, args.conn_id), args.since)
     except LedgerError as exc:
         print(f"flexflow report: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -85,7 +85,8 @@ def test_a_ledger_file_name_is_one_plain_name(run_id: str) -> None:
     [
         (["/no/such/folder"], "no such file or folder: /no/such/folder"),
         (["file://elsewhere/x"], "names another machine"),
-        (["s3://bucket/x"], "reads local folders only"),
+        (["s3:///x"], "'s3:///x' names no bucket; give s3://bucket/folder"),
+        (["s3://no-such-bucket/x", "--conn-id", "no_such_conn"], "connection 'no_such_conn' is not defined"),
         (["--since", "yesterday", "/tmp"], "'yesterday' is not a day: give YYYY-MM-DD"),
         (["--since", "2026-13-01", "/tmp"], "is not a day"),
     ],

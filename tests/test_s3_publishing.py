@@ -22,6 +22,7 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 from PIL import Image
 
+from flexflow.cli import main as flexflow_main
 from flexflow.compiler.loader import SPECS_DIR_ENV
 from flexflow.publishing.ledger import LEDGER_DIR, ledger_name
 from flexflow.publishing.operators import MANIFEST_NAME
@@ -174,6 +175,28 @@ def test_a_run_publishes_to_s3_and_an_unchanged_rerun_reuses_what_it_published(
 
     assert not [key for key in bucket.keys(prefix="") if key.endswith(".partial")], "no temporary object, ever"
     assert_no_secret(bucket, emulated_airflow.output(), emulated_airflow.db)
+
+    # flexflow report reads the ledger in the bucket: through the spec (its publish root and conn_id), or the
+    # target's URL and --conn-id. The refused run submitted nothing, so recorded nothing.
+    expected = {"runs": 2, "jobs": JOBS, "reused_jobs": JOBS, "credits": document["spend"]["credits"]}
+    assert expected["credits"] == emulator.accounting()["credits_billed"]
+    for argv in ([str(specs / "s3.yaml")], [bucket.url("out/"), "--conn-id", bucket.conn_id]):
+        assert flexflow_main(["report", *argv, "--format", "json"]) == 0
+        total = json.loads(emulated_airflow.capfd.readouterr().out)["total"]
+        assert {key: total[key] for key in expected} == expected, argv
+
+
+def test_a_storage_connection_that_does_not_exist_fails_the_run_before_it_pays(
+    s3_bucket: S3Bucket, specs: Path, emulated_airflow: EmulatedAirflow
+) -> None:
+    """The Amazon filesystem would not fail on it: it would go on with the machine's own credentials or none."""
+    text = spec_text(s3_bucket).replace("conn_id: flexflow_s3", "conn_id: flexflow_s3_typo")
+    dag_run, states = run(text, FIRST, emulated_airflow)
+    assert dag_run.state == "failed" and states["prepare"] == ("failed", 1), states
+    assert emulated_airflow.emulator.accounting()["submissions"] == 0, "nothing was paid for"
+    assert s3_bucket.keys(prefix="") == [], "nothing was written"
+    said = "nothing was submitted: the storage connection 'flexflow_s3_typo' is not defined"
+    assert said in emulated_airflow.output()
 
 
 def test_a_partly_failed_run_leaves_its_stored_image_and_no_manifest_in_the_bucket(

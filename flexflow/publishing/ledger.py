@@ -6,13 +6,14 @@ run writes no manifest, guarantee 2, so the manifest alone cannot say what failu
 ``publish.to`` before its first template. A job is billed when the API charged it (``credit_cost`` > 0);
 a billed job whose images were not all published is money spent on nothing: the report names it.
 
-Nothing here imports Airflow: ``flexflow report`` reads records with the standard library.
+``flexflow report`` reads local ledgers with the standard library; Airflow's object storage (and the
+target's connection) is imported only for a target on an object store.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -150,37 +151,54 @@ def ledger_name(run_id: str) -> str:
 # --- reading: flexflow report ----------------------------------------------------------------------------
 
 
-def local_folder(target: str) -> Path:
-    """A report target as a local folder: a plain path or a ``file://`` URL; other schemes are refused."""
+@dataclass(frozen=True)
+class LedgerRoot:
+    """A folder whose ``.flexflow-ledger`` a report reads: a local folder, or an object store URL and the
+    Airflow connection that reaches it."""
+
+    local: Path | None
+    url: str = ""
+    conn_id: str | None = None
+
+
+def ledger_root(target: str, conn_id: str | None) -> LedgerRoot:
+    """A report target: a plain path or a ``file://`` URL, or an object store URL (``s3://bucket/prefix``)."""
     parts = urlsplit(target)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise LedgerError(f"{target!r} names another machine ({parts.netloc}); give a local file:// folder")
-        return Path(unquote(parts.path))
+        return LedgerRoot(Path(unquote(parts.path)))
     if parts.scheme and len(parts.scheme) > 1:  # "C:" is a drive, not a scheme
-        raise LedgerError(f"{target!r}: flexflow report reads local folders only (a path or file://...)")
-    return Path(target)
+        if not parts.netloc:
+            raise LedgerError(f"{target!r} names no bucket; give {parts.scheme}://bucket/folder")
+        return LedgerRoot(None, target, conn_id)
+    return LedgerRoot(Path(target))
 
 
-def ledger_folders(targets: Sequence[str]) -> list[Path]:
+def ledger_folders(targets: Sequence[str], conn_id: str | None = None) -> list[LedgerRoot]:
     """The folders whose ledgers a report reads: each target folder as given, each spec's publish root.
 
     A file is a spec; a folder holding a ledger is a target; any other folder holding specs is a specs folder.
+    ``conn_id`` reaches the object store targets given as URLs; a spec's publish root comes with its own.
     """
-    folders: list[Path] = []
+    folders: list[LedgerRoot] = []
     for target in targets:
-        path = local_folder(target)
+        root = ledger_root(target, conn_id)
+        if root.local is None:
+            folders.append(root)
+            continue
+        path = root.local
         if not path.exists():
             raise LedgerError(f"no such file or folder: {target}")
         specs = [] if (path / LEDGER_DIR).is_dir() else find_spec_files([path])
         if path.is_file() or specs:
             folders.extend(_publish_roots(target, path))
         else:
-            folders.append(path)
+            folders.append(root)
     return folders
 
 
-def _publish_roots(target: str, path: Path) -> list[Path]:
+def _publish_roots(target: str, path: Path) -> list[LedgerRoot]:
     """The publish roots (the literal part of publish.to) of the specs in a file or folder."""
     result = load_folder([path])
     if result.problems:
@@ -189,32 +207,66 @@ def _publish_roots(target: str, path: Path) -> list[Path]:
             f"{target}: {len(result.problems)} problem(s) in its specs, the first: {first}; "
             "run `flexflow validate` on it, or give the target folders instead"
         )
-    return [local_folder(literal_prefix(spec.publish.to)) for spec in result.specs]
+    return [ledger_root(literal_prefix(spec.publish.to), spec.publish.conn_id) for spec in result.specs]
 
 
-def read_records(folders: Iterable[Path], since: date | None) -> list[dict[str, Any]]:
-    """Every ledger record under the folders (each folder's own ``.flexflow-ledger``), from ``since`` on."""
-    records: dict[Path, dict[str, Any]] = {}
-    for folder in folders:
-        ledger = folder / LEDGER_DIR
-        for file in sorted(ledger.glob("*/*.json")) if ledger.is_dir() else []:
-            record, day = _read_record(file)
+def read_records(roots: Iterable[LedgerRoot], since: date | None) -> list[dict[str, Any]]:
+    """Every ledger record under the roots (each one's own ``.flexflow-ledger``), from ``since`` on."""
+    records: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for where, data in _local_records(root.local) if root.local else _stored_records(root):
+            record, day = _parse_record(where, data)
             if since is None or day >= since:
-                records[file.resolve()] = record
+                records[where] = record
     return list(records.values())
 
 
-def _read_record(file: Path) -> tuple[dict[str, Any], date]:
+def _local_records(folder: Path) -> Iterator[tuple[str, bytes]]:
+    ledger = folder / LEDGER_DIR
+    for file in sorted(ledger.glob("*/*.json")) if ledger.is_dir() else []:
+        try:
+            yield str(file.resolve()), file.read_bytes()
+        except OSError as exc:
+            raise LedgerError(f"{file}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def _stored_records(root: LedgerRoot) -> Iterator[tuple[str, bytes]]:
+    """The records under an object store target, read through Airflow's object storage and its connection."""
+    from flexflow.publishing.store import (
+        MAX_RECORD_BYTES,
+        NoSuchConnection,
+        read_bounded,
+        require_connection,
+        target_folder,
+        url_of,
+    )
+
+    ledger = f"{root.url.rstrip('/')}/{LEDGER_DIR}"
+    try:
+        require_connection(root.conn_id)
+        folder = target_folder(ledger, root.conn_id)
+        dags = [dag for dag in folder.iterdir() if dag.is_dir()] if folder.exists() else []
+        files = sorted((file for dag in dags for file in dag.iterdir() if file.suffix == ".json"), key=str)
+        for file in files:
+            yield url_of(file), read_bounded(file, MAX_RECORD_BYTES)
+    except NoSuchConnection as exc:
+        raise LedgerError(f"{root.url}: {exc}") from exc
+    except Exception as exc:  # no credentials, no bucket, a record too large: named, not a traceback
+        via = f" with the connection {root.conn_id!r}" if root.conn_id else " (no --conn-id given)"
+        raise LedgerError(f"{ledger}: cannot read it{via}: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse_record(where: str, data: bytes) -> tuple[dict[str, Any], date]:
     """A ledger record and its day; anything else is named, with what to do."""
     try:
-        record = json.loads(file.read_text(encoding="utf-8"))
+        record = json.loads(data.decode("utf-8"))
         day = date.fromisoformat(str(record["day"]))
         for job in record["jobs"]:
             JobSpend.from_stored(job)
         str(record["dag_id"])
         int(record.get("totals", {}).get("reused", 0))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise LedgerError(f"{file}: not a ledger record ({exc!r}); move it away or delete it") from exc
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LedgerError(f"{where}: not a ledger record ({exc!r}); move it away or delete it") from exc
     return record, day
 
 

@@ -49,7 +49,14 @@ from flexflow.publishing.reuse import (
     reused_image,
 )
 from flexflow.publishing.review import Decision, staging_folder
-from flexflow.publishing.store import promote, target_folder, url_of, write_atomic
+from flexflow.publishing.store import (
+    NoSuchConnection,
+    promote,
+    require_connection,
+    target_folder,
+    url_of,
+    write_atomic,
+)
 from flexflow.spec.budget import jobs_estimate
 from flexflow.spec.checks import CONTACT_SHEET_NAME, MANIFEST_NAME, RUN_FILES
 
@@ -124,8 +131,9 @@ class PreparePublishOperator(BaseOperator):
         used = given if self.params_used is None else {k: given[k] for k in self.params_used if k in given}
         files = [PlannedFile(**file) for file in self.files]
         try:
+            require_connection(self.conn_id)
             target = planned_target(self.to, self.root, self.filename, files, used)
-        except PathRefused as exc:
+        except (NoSuchConnection, PathRefused) as exc:
             raise AirflowFailException(f"nothing was submitted: {exc}") from exc
         to_submit = None if self.requests is None else self._not_published(context)
         if self.budget is not None:

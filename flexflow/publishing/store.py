@@ -19,10 +19,33 @@ import mimetypes
 import uuid
 from pathlib import Path
 
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 LOCAL_PROTOCOLS = ("file", "local", "")
 S3_PROTOCOLS = ("s3", "s3a")
+
+
+class NoSuchConnection(LookupError):
+    """A target names a storage connection (``publish.conn_id``, ``--conn-id``) that this Airflow does not have."""
+
+
+def require_connection(conn_id: str | None) -> None:
+    """The storage connection a target names must exist.
+
+    Without it the object store filesystems do not fail: the Amazon one, for one, logs a warning and
+    goes on with whatever credentials the machine has (another account's, maybe) or anonymously, so a
+    misspelt ``conn_id`` would publish somewhere unintended, or fail only after the images were paid for.
+    """
+    if conn_id is None:
+        return
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException as exc:
+        raise NoSuchConnection(
+            f"the storage connection {conn_id!r} is not defined in this Airflow: add it (`airflow connections "
+            f"add`, or the AIRFLOW_CONN_{conn_id.upper()} variable), or name an existing one"
+        ) from exc
 
 
 def target_folder(url: str, conn_id: str | None) -> ObjectStoragePath:
