@@ -424,7 +424,7 @@ def test_a_file_the_manifest_gives_no_sha256_is_not_shown(tmp_path: Path) -> Non
 
 
 def test_the_tabs_point_under_the_api_servers_own_path() -> None:
-    from flexflow.gallery.plugin import gallery_href
+    from flexflow.gallery.links import gallery_href
 
     assert gallery_href("/") == "/flexflow/dags/{DAG_ID}/gallery"
     assert gallery_href("/airflow/") == "/airflow/flexflow/dags/{DAG_ID}/gallery"

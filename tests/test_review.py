@@ -31,6 +31,7 @@ from flexflow.publishing.review import (
     STAGING_DIR,
     Decision,
     ReviewRunOperator,
+    gallery_url,
     review_body,
     staging_folder,
 )
@@ -219,6 +220,20 @@ def test_the_request_shows_spec_and_api_text_inert() -> None:
     assert "j'1" in body, "a backtick cannot end the job id's code span"
     assert "4 credit(s) already spent" in body
     assert "Without an answer within 30m, nothing is published." in body
+
+
+def test_the_request_links_the_runs_gallery_page_with_its_ids_encoded_whole() -> None:
+    pattern = "/flexflow/dags/{DAG_ID}/gallery?run_id={RUN_ID}"
+    run_id = "manual__x) [evil](javascript:alert(1)) <b>&"
+    url = gallery_url(pattern, "https://airflow.example.com/base/", "flexflow_test_review", run_id)
+    assert url == (
+        "https://airflow.example.com/base/flexflow/dags/flexflow_test_review/gallery?run_id="
+        "manual__x%29%20%5Bevil%5D%28javascript%3Aalert%281%29%29%20%3Cb%3E%26"
+    )
+    body = review_body([], {"contact_sheet": "file:///x/index.html"}, None, url)
+    assert body.count("](") == 1 and f"[See them in the gallery]({url})" in body, "one link, ours, whole"
+    assert gallery_url(pattern, None, "d", "r") is None, "no [api] base_url: no page to name"
+    assert "gallery" not in review_body([], {"contact_sheet": "file:///x/index.html"}, None, None)
 
 
 def test_the_documented_example_plans_its_review(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flexflow.airflow.keys import REQUEST_XCOM_KEY, REUSABLE_XCOM_KEY
 from flexflow.compiler.docs import plain_text, spec_doc
+from flexflow.gallery.links import gallery_href
 from flexflow.publishing.paths import literal_prefix
 from flexflow.spec import budget
 from flexflow.spec.checks import template_params
@@ -113,6 +114,7 @@ def _review(spec: Spec, publishes: tuple[str, ...]) -> PlannedTask:
         "target": FromTask(PREPARE),
         "conn_id": spec.publish.conn_id,
         "response_timeout": spec.publish.review_timeout,
+        "gallery": gallery_href("", run=True),
     }
     return PlannedTask(REVIEW, REVIEW, "ReviewRunOperator", arguments, (PREPARE, *publishes), None, None)
 

@@ -33,8 +33,6 @@ from flexflow.gallery.runs import (
     run_manifest,
 )
 
-#: Where the api-server mounts the app (plugin.py); not under Airflow's reserved prefixes.
-URL_PREFIX = "/flexflow"
 _HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",

@@ -7,14 +7,8 @@ from typing import Any
 from airflow.api_fastapi.app import API_ROOT_PATH
 from airflow.plugins_manager import AirflowPlugin
 
-from flexflow.gallery.app import URL_PREFIX, app
-
-
-def gallery_href(root_path: str, *, run: bool = False) -> str:
-    """Where a Gallery tab points: the app's page under the api-server's path (``[api] base_url``'s), with the
-    UI's ``{DAG_ID}`` (and ``{RUN_ID}``) placeholders, which the UI fills in URL-encoded."""
-    href = f"{root_path.rstrip('/')}{URL_PREFIX}/dags/{{DAG_ID}}/gallery"
-    return f"{href}?run_id={{RUN_ID}}" if run else href
+from flexflow.gallery.app import app
+from flexflow.gallery.links import URL_PREFIX, gallery_href
 
 
 class FlexflowGalleryPlugin(AirflowPlugin):

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
+from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
 from flexflow.defaults import shown
@@ -95,6 +97,8 @@ class ReviewRunOperator(HITLOperator):
     :param conn_id: storage connection for remote targets
     :param response_timeout: the longest wait (``publish.review_timeout``); then the task fails and nothing
         is published
+    :param gallery: the run's gallery page under ``[api] base_url``, with ``{DAG_ID}`` and ``{RUN_ID}``
+        placeholders; the request links to it (not when ``base_url`` is unset: no page can be named)
     """
 
     template_fields: Sequence[str] = ("target",)
@@ -108,6 +112,7 @@ class ReviewRunOperator(HITLOperator):
         target: Mapping[str, Any] | None,
         conn_id: str | None = None,
         response_timeout: timedelta,
+        gallery: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)  # a retry would ask again; clearing the task does that on purpose
@@ -131,6 +136,7 @@ class ReviewRunOperator(HITLOperator):
         self.expected_files = expected_files
         self.target = target
         self.conn_id = conn_id
+        self.gallery = gallery
 
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
@@ -141,7 +147,8 @@ class ReviewRunOperator(HITLOperator):
         staged = self._stage(records, context)
         ti.xcom_push(key=STAGING_XCOM_KEY, value=staged)
         self.subject = f"Approve {len(records)} image(s) of {ti.dag_id} for publishing"
-        self.body = review_body(records, staged, self.response_timeout)
+        gallery = gallery_url(self.gallery, conf.get("api", "base_url", fallback=None), ti.dag_id, ti.run_id)
+        self.body = review_body(records, staged, self.response_timeout, gallery)
         return super().execute(context)
 
     def validate_params_input(self, params_input: Mapping[str, Any]) -> None:
@@ -184,8 +191,22 @@ class ReviewRunOperator(HITLOperator):
         }
 
 
-def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any], timeout: timedelta | None) -> str:
-    """The request's Markdown: every staged image, where the sheet is, the deadline.
+def gallery_url(pattern: str | None, base_url: str | None, dag_id: str, run_id: str) -> str | None:
+    """The run's gallery page: ``pattern`` under ``base_url``, the ids percent-encoded whole (a run id is
+    anything a trigger said, and the URL stands in the request's Markdown)."""
+    if not pattern or not base_url:
+        return None
+    filled = pattern.replace("{DAG_ID}", quote(dag_id, safe="")).replace("{RUN_ID}", quote(run_id, safe=""))
+    return f"{base_url.rstrip('/')}{filled}"
+
+
+def review_body(
+    records: Sequence[Mapping[str, Any]],
+    staged: Mapping[str, Any],
+    timeout: timedelta | None,
+    gallery: str | None = None,
+) -> str:
+    """The request's Markdown: every staged image, where to see them, the deadline.
 
     Prompts and names are spec and API text: shown escaped, so none can make a link or an image of its own.
     """
@@ -194,6 +215,7 @@ def review_body(records: Sequence[Mapping[str, Any]], staged: Mapping[str, Any],
         f"{len(records)} image(s) wait in the staging folder, {cost} credit(s) already spent; nothing is billed "
         "again, whichever you choose.",
         "",
+        *([f"[See them in the gallery]({gallery}) (opens the run's Gallery page).", ""] if gallery else []),
         f"Contact sheet: `{_code(staged['contact_sheet'])}`",
         "",
     ]

@@ -110,6 +110,11 @@ def test_a_run_awaiting_approval_shows_in_the_gallery_and_is_approved_in_its_req
     approve = page.get_by_role("button", name="Approve", exact=True)
     expect(approve).to_be_visible()
     expect(page.get_by_role("button", name="Reject", exact=True)).to_be_visible()
+    gallery = f"{deployment.api_url}/flexflow/dags/{dag_id}/gallery?run_id={quote(run_id, safe='')}"
+    link = page.get_by_role("link", name="See them in the gallery")
+    expect(link).to_have_attribute("href", gallery)  # the request links the staged run's gallery page
+    shown = page.request.get(gallery)  # with the reviewer's login, as a click sends it
+    assert shown.status == 200 and "A wide banner of a harbour at dawn" in shown.text(), shown.status
     screenshot(page, "review-approval-form")
     approve.click()
     assert finish(deployment, dag_id, run_id) == "success", deployment.api.task_states(dag_id, run_id)
