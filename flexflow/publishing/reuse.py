@@ -61,12 +61,12 @@ def entry_path(root: str, conn_id: str | None, digest: str) -> ObjectStoragePath
 def find_published(root: str, conn_id: str | None, digest: str) -> Lookup:
     """The files an earlier run published for this request, each checked to be there unchanged."""
     path = entry_path(root, conn_id, digest)
-    if not path.exists():
-        return Lookup(None, "not published before")
-    try:
+    try:  # read at once: on an object store, a check that it exists first would be a second request
         files = _entry_files(json.loads(read_bounded(path, MAX_RECORD_BYTES)), digest)
         for file in files:
-            _check_unchanged(file, root, conn_id)
+            _check_unchanged(file, root, conn_id)  # a missing file is ReuseRefused, not FileNotFoundError
+    except FileNotFoundError:
+        return Lookup(None, "not published before")
     except (ValueError, TypeError, KeyError, OSError, ReuseRefused) as exc:
         return Lookup(None, f"{url_of(path)} cannot be reused: {exc}")
     return Lookup(files, f"published as {', '.join(f['file'] for f in files)}")
@@ -98,11 +98,10 @@ def _read_under_root(url: str, root: str, conn_id: str | None, size: int) -> byt
         checked_name(name)
     except PathRefused as exc:
         raise ReuseRefused(f"{url}: {exc}") from exc
-    path = target_folder(url, conn_id)
-    if not path.is_file():
-        raise ReuseRefused(f"{url} is gone")
-    try:
-        return read_bounded(path, min(size, MAX_IMAGE_BYTES))
+    try:  # read at once: on an object store, a check that it is there first would be a second request
+        return read_bounded(target_folder(url, conn_id), min(size, MAX_IMAGE_BYTES))
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ReuseRefused(f"{url} is gone") from exc
     except TooLarge as exc:
         raise ReuseRefused(f"{url} changed since it was published ({exc})") from exc
 
